@@ -1,0 +1,65 @@
+"""Displacement-field algebra on the work grid and on scan grids."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from unleash import fields
+from unleash.geometry import Grid
+from unleash.losses import gaussian_blur
+from unleash.transforms import jacobian_determinant
+
+SPACING = 2.0
+
+
+def smooth_velocity(shape=(24, 20, 28), amplitude_mm=6.0, seed=0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    v = gaussian_blur(torch.randn(1, 3, *shape, generator=generator), 3.0)
+    return v / v.abs().max() * amplitude_mm
+
+
+def test_exp_of_minus_v_inverts_exp_of_v_within_a_tenth_of_a_mm():
+    v = smooth_velocity()
+    forward, inverse = fields.exp(v, SPACING, 7), fields.exp(-v, SPACING, 7)
+    error = fields.inverse_consistency_error_mm(forward, inverse, SPACING)[0, 4:-4, 4:-4, 4:-4]
+    assert forward.abs().max() > 3.0  # a real deformation, not a near-identity
+    assert error.mean() < 0.05 and error.max() < 0.1
+
+
+def test_warping_with_a_zero_field_returns_the_image():
+    image = torch.rand(1, 1, 10, 12, 14)
+    assert torch.allclose(fields.warp(image, torch.zeros(1, 3, 10, 12, 14), SPACING), image, atol=1e-5)
+
+
+def test_a_translation_moves_samples_by_whole_voxels_along_x():
+    image = torch.rand(1, 1, 6, 7, 9)
+    shift = torch.zeros(1, 3, 6, 7, 9)
+    shift[:, 0] = SPACING  # +1 voxel along x (the W axis)
+    warped = fields.warp(image, shift, SPACING)
+    assert torch.allclose(warped[..., :-1], image[..., 1:], atol=1e-5)
+
+
+def test_jacobian_of_a_linear_map_is_its_determinant_on_the_work_grid():
+    d, h, w = 9, 10, 11
+    z, y, x = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) * SPACING for n in (d, h, w)], indexing="ij")
+    a = torch.tensor([[0.1, 0.05, 0.0], [0.0, -0.2, 0.1], [0.02, 0.0, 0.3]])
+    u = torch.einsum("ij,jdhw->idhw", a, torch.stack([x, y, z]))[None]
+    assert torch.allclose(fields.jacobian_determinant(u, SPACING), torch.det(torch.eye(3) + a), atol=1e-4)
+
+
+def test_jacobian_on_a_flipped_anisotropic_scan_grid_uses_physical_derivatives():
+    grid = Grid((11, 9, 7), (0.8, 1.2, 2.5), (10.0, -5.0, 3.0), (-1, 0, 0, 0, 0, 1, 0, -1, 0))
+    k, j, i = np.meshgrid(*[np.arange(n) for n in grid.shape_zyx], indexing="ij")
+    points = grid.index_to_physical(np.stack([i, j, k], -1).reshape(-1, 3))
+    a = np.array([[0.1, 0.05, 0.0], [0.0, -0.2, 0.1], [0.02, 0.0, 0.3]])
+    u = (points @ a.T).T.reshape(3, *grid.shape_zyx).astype(np.float32)
+    assert np.allclose(jacobian_determinant(u, grid, slab=3), np.linalg.det(np.eye(3) + a), atol=1e-4)
+
+
+def test_diffusion_penalty_is_isotropic_in_millimetres():
+    ramp = torch.arange(20, dtype=torch.float32) * SPACING * 0.1  # du/dx = 0.1 along each axis in turn
+    along_x = torch.zeros(1, 3, 20, 20, 20)
+    along_x[:, 0] = ramp.view(1, 1, 20)
+    along_z = torch.zeros(1, 3, 20, 20, 20)
+    along_z[:, 0] = ramp.view(20, 1, 1)
+    assert torch.isclose(fields.diffusion_penalty(along_x, SPACING), fields.diffusion_penalty(along_z, SPACING))

@@ -1,0 +1,89 @@
+"""Model files: weights + a JSON config + a card (provenance and metrics), as safetensors.
+
+safetensors holds raw tensors and string metadata only, so loading a model file can never run
+code, unlike a pickled torch checkpoint. The shipped defaults live in `unleash/weights/`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import UserError
+from .models.registration import RegistrationConfig, TwoStepRegistration
+
+FORMAT = "unleash-model"
+FORMAT_VERSION = "1"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULTS = {"registration": WEIGHTS_DIR / "registration_default.safetensors"}
+
+# kind -> (config class, network class); the only place that knows which network a kind is.
+KINDS = {"registration": (RegistrationConfig, TwoStepRegistration)}
+
+
+def save_model(path: str | os.PathLike, model: torch.nn.Module, config, card: dict) -> Path:
+    """Write atomically: a half-written model file never replaces a good one."""
+    path = Path(path)
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                "config": json.dumps(config.to_dict()), "card": json.dumps(card)}
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    handle, temporary = tempfile.mkstemp(prefix=".model-", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The config and card of a model file, without building the network."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable unleash model file ({exc})") from None
+    if metadata.get("format") != FORMAT:
+        raise UserError(f"{path}: not an unleash model file (no '{FORMAT}' header)")
+    try:
+        return {"config": json.loads(metadata["config"]), "card": json.loads(metadata.get("card", "{}"))}
+    except (KeyError, json.JSONDecodeError):
+        raise UserError(f"{path}: the model file's config is damaged") from None
+
+
+def load_model(path: str | os.PathLike | None, kind: str, device: torch.device | str = "cpu"):
+    """(network in eval mode, config, card) of a model file of `kind`; None means the shipped default."""
+    path = Path(path) if path is not None else DEFAULTS[kind]
+    meta = read_metadata(path)
+    found = meta["config"].get("kind")
+    if found != kind:
+        raise UserError(f"{path}: is a {found!r} model, but a {kind!r} model is needed")
+    config_class, network_class = KINDS[kind]
+    try:
+        config = config_class.from_dict(meta["config"])
+        network = network_class(config)
+        with safe_open(str(path), framework="pt") as handle:
+            state = {name: handle.get_tensor(name) for name in handle.keys()}
+        network.load_state_dict(state, strict=True)
+    except (ValueError, TypeError, RuntimeError, SafetensorError) as exc:
+        raise UserError(f"{path}: damaged or incompatible {kind} model ({str(exc).splitlines()[0][:160]})") from None
+    return network.to(device).eval(), config, meta["card"]
+
+
+def model_id(path: str | os.PathLike | None, kind: str) -> str:
+    """A short id for reports: the file name and the first bytes of its content hash."""
+    import hashlib
+
+    path = Path(path) if path is not None else DEFAULTS[kind]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return f"{path.stem}@{digest}"

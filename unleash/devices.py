@@ -1,0 +1,49 @@
+"""Choosing where to compute: `auto`, `cpu`, `cuda`, `cuda:N`, `mps`."""
+from __future__ import annotations
+
+import torch
+
+from .errors import UserError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise UserError("device 'mps' was asked for, but Apple's Metal backend is not available here")
+        return torch.device("mps")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{name}' was asked for, but CUDA is not available on this machine (use --device cpu)")
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"'{name}' is not a device name (use auto, cpu, cuda, cuda:N or mps)") from None
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device '{name}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return device
+    raise UserError(f"'{name}' is not a device name (use auto, cpu, cuda, cuda:N or mps)")
+
+
+def list_devices() -> list[dict]:
+    """What a device selector offers: the CPU and each CUDA GPU with its name and memory."""
+    devices = [{"id": "cpu", "name": "CPU", "memory_gb": None, "free_gb": None}]
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        free, total = torch.cuda.mem_get_info(index)
+        devices.append({"id": f"cuda:{index}", "name": torch.cuda.get_device_name(index),
+                        "memory_gb": round(total / 2**30, 1), "free_gb": round(free / 2**30, 1)})
+    return devices
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)

@@ -1,0 +1,139 @@
+"""Jobs: JSON-lines progress events, the command lines that the Slicer modules launch, and
+outputs that appear whole or not at all.
+
+Event protocol (one JSON object per line on stdout with `--progress json`):
+  {"event": "log", "message": str}
+  {"event": "progress", "stage": str, "step": int, "total": int, "fraction": float, "eta_s": float|null, ...}
+  {"event": "result", ...}                      the job's outcome (paths, metrics)
+  {"event": "error", "message": str}            the job failed; the exit code is non-zero
+Without `--progress json` a progress bar and the log go to stderr and stdout stays free.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import UserError
+
+
+class Progress:
+    """Reports a job's events as JSON lines (mode "json"), as a bar on stderr ("bar"), or not at all ("none")."""
+
+    def __init__(self, mode: str = "bar", stdout=None, stderr=None):
+        self.mode = mode
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self._stage_started: dict[str, float] = {}
+
+    def emit(self, event: str, **fields) -> None:
+        if self.mode == "json":
+            self.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+            self.stdout.flush()
+
+    def log(self, message: str) -> None:
+        if self.mode == "json":
+            self.emit("log", message=message)
+        elif self.mode == "bar":
+            self.stderr.write(message + "\n")
+            self.stderr.flush()
+
+    def progress(self, stage: str, step: int, total: int, **extra) -> None:
+        now = time.monotonic()
+        started = self._stage_started.setdefault(stage, now)
+        fraction = step / total if total else 1.0
+        eta = (now - started) / fraction * (1 - fraction) if 0 < fraction < 1 else (0.0 if fraction >= 1 else None)
+        if self.mode == "json":
+            self.emit("progress", stage=stage, step=step, total=total, fraction=round(fraction, 4),
+                      eta_s=None if eta is None else round(eta, 1), **extra)
+        elif self.mode == "bar":
+            filled = int(30 * fraction)
+            tail = f" {eta:5.0f} s left" if eta else ""
+            end = "\n" if step >= total else ""
+            self.stderr.write(f"\r{stage:<12} [{'#' * filled}{'.' * (30 - filled)}] {step}/{total}{tail}{end}")
+            self.stderr.flush()
+
+    def result(self, **fields) -> None:
+        self.emit("result", **fields)
+
+    def error(self, message: str) -> None:
+        self.emit("error", message=message)
+
+
+def parse_event(line: str) -> dict | None:
+    """One stdout line of a job -> its event dict, or None for a line that is not an event."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an existing non-empty folder unless `overwrite`, and an unwritable location, before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise UserError(f"{path}: exists and is not empty (use --overwrite to replace it)")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"{parent}: the output's parent folder does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{parent}: is not writable")
+    return path
+
+
+@contextmanager
+def atomic_output_dir(path: str | os.PathLike, overwrite: bool):
+    """Yield a temporary folder beside `path`; on success it replaces `path` whole, on failure
+    it is removed and whatever was at `path` is left as it was."""
+    path = check_output_dir(path, overwrite)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.resolve().parent))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot create the output folder ({exc.strerror})") from None
+    try:
+        yield staging
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=staging.parent))
+            os.replace(path, old / path.name)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def unleash_command(python: str | None = None) -> list[str]:
+    """How to start the engine: `<python> -m unleash` (Slicer passes its PythonSlicer)."""
+    return [python or sys.executable, "-m", "unleash"]
+
+
+def register_command(fixed: str, moving: str, output_dir: str, *, model: str | None = None, device: str = "auto",
+                     adapt_iters: int | None = None, landmarks: str | None = None, inputs: str = "auto",
+                     seed: int | None = None, overwrite: bool = True, python: str | None = None) -> list[str]:
+    """The exact command line of a registration job, as the UnleashRegistration module runs it."""
+    command = unleash_command(python) + ["register", str(fixed), str(moving), "-o", str(output_dir),
+                                         "--device", device, "--inputs", inputs, "--progress", "json"]
+    if model:
+        command += ["--model", str(model)]
+    if adapt_iters is not None:
+        command += ["--adapt-iters", str(adapt_iters)]
+    if landmarks:
+        command += ["--landmarks", str(landmarks)]
+    if seed is not None:
+        command += ["--seed", str(seed)]
+    if overwrite:
+        command.append("--overwrite")
+    return command

@@ -1,0 +1,1 @@
+"""Network definitions only: no training loops, no file I/O."""

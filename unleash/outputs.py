@@ -1,0 +1,93 @@
+"""From a registration on the work grid to the files users get, and the numbers in report.json.
+
+Files (names are part of the interface; the Slicer module and users' scripts rely on them):
+  displacement.nii.gz          fixed grid, LPS mm, fixed point x -> x + u(x) in the moving scan
+  inverse_displacement.nii.gz  moving grid, LPS mm, moving point y -> y + v(y) in the fixed scan
+  warped_moving.nii.gz         the moving scan resampled onto the fixed grid
+  jacobian_determinant.nii.gz  det(I + du/dx) on the fixed grid
+  report.json                  timings, device, model, deformation quality, TRE
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import fields, workgrid
+from .datasets import read_landmarks
+from .geometry import Volume, write_image
+from .register import PreparedPair, Registration
+from .transforms import displacement_at, displacement_image, jacobian_determinant, warp_volume
+
+FILES = {"displacement": "displacement.nii.gz", "inverse_displacement": "inverse_displacement.nii.gz",
+         "warped_moving": "warped_moving.nii.gz", "jacobian_determinant": "jacobian_determinant.nii.gz",
+         "report": "report.json"}
+
+
+@dataclass
+class ScanFields:
+    """The registration on the scans' own grids: (3, k, j, i) LPS mm each, and J on the fixed grid."""
+
+    forward_lps_mm: np.ndarray
+    inverse_lps_mm: np.ndarray
+    jacobian: np.ndarray
+
+
+def to_scan_grids(pair: PreparedPair, registration: Registration) -> ScanFields:
+    forward = workgrid.field_to_grid(registration.forward_mm, pair.grid, pair.fixed.grid)
+    inverse = workgrid.field_to_grid(registration.inverse_mm, pair.grid, pair.moving.grid)
+    return ScanFields(forward, inverse, jacobian_determinant(forward, pair.fixed.grid))
+
+
+def percentiles(errors_mm: np.ndarray) -> dict:
+    p25, p50, p75 = np.percentile(errors_mm, [25, 50, 75])
+    return {"mean": round(float(errors_mm.mean()), 3), "p25": round(float(p25), 3), "p50": round(float(p50), 3),
+            "p75": round(float(p75), 3), "max": round(float(errors_mm.max()), 3), "count": int(errors_mm.size)}
+
+
+def landmark_errors_mm(pair: PreparedPair, forward_lps_mm: np.ndarray | None, landmarks_csv) -> np.ndarray:
+    """||x_f + u(x_f) - x_m|| per landmark; with no field, the initial misalignment ||x_f - x_m||."""
+    fixed_ijk, moving_ijk = read_landmarks(landmarks_csv)
+    fixed_lps = pair.fixed.grid.index_to_physical(fixed_ijk)
+    moving_lps = pair.moving.grid.index_to_physical(moving_ijk)
+    mapped = fixed_lps if forward_lps_mm is None else fixed_lps + displacement_at(forward_lps_mm, pair.fixed.grid, fixed_lps)
+    return np.linalg.norm(mapped - moving_lps, axis=1)
+
+
+def deformation_quality(pair: PreparedPair, registration: Registration, scan: ScanFields) -> dict:
+    """Folding over the whole fixed grid, spread of log J and inverse consistency inside the lungs."""
+    lungs = pair.fixed_lungs
+    jacobian_in_lungs = scan.jacobian[lungs]
+    log_j = np.log(np.clip(jacobian_in_lungs, 1e-6, None))
+    spacing = pair.grid.spacing_mm[0]
+    with torch.no_grad():
+        ice = fields.inverse_consistency_error_mm(registration.forward_mm, registration.inverse_mm, spacing)[0]
+    lungs_on_work = workgrid.occupancy_on(pair.grid, Volume(lungs.astype(np.uint8), pair.fixed.grid))[0, 0] > 0.5
+    ice_in_lungs = ice[lungs_on_work] if lungs_on_work.any() else ice.flatten()
+    return {
+        "folding_fraction": float((scan.jacobian <= 0).mean()),
+        "folding_fraction_lungs": float((jacobian_in_lungs <= 0).mean()),
+        "jacobian_min": round(float(scan.jacobian.min()), 4),
+        "jacobian_max": round(float(scan.jacobian.max()), 4),
+        "log_jacobian_std_lungs": round(float(log_j.std()), 4),
+        "inverse_consistency_error_mm": {"mean": round(float(ice_in_lungs.mean()), 4), "p99": round(float(torch.quantile(
+            ice_in_lungs[torch.randperm(ice_in_lungs.numel())[:1_000_000]], 0.99)), 4),
+            "max": round(float(ice_in_lungs.max()), 4)},
+    }
+
+
+def write_fields(folder: Path, pair: PreparedPair, scan: ScanFields) -> None:
+    """The four images into `folder` (a staging folder that jobs.atomic_output_dir moves into place)."""
+    write_image(displacement_image(scan.forward_lps_mm, pair.fixed.grid), folder / FILES["displacement"])
+    write_image(displacement_image(scan.inverse_lps_mm, pair.moving.grid), folder / FILES["inverse_displacement"])
+    labels = pair.inputs.startswith("vessels") and pair.inputs.endswith("vessels")
+    warped = warp_volume(pair.moving, scan.forward_lps_mm, pair.fixed.grid, labels=labels)
+    write_image(warped.to_sitk(), folder / FILES["warped_moving"])
+    write_image(Volume(scan.jacobian, pair.fixed.grid).to_sitk(), folder / FILES["jacobian_determinant"])
+
+
+def write_report(folder: Path, report: dict) -> None:
+    (folder / FILES["report"]).write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,111 @@
+"""`unleash register` end to end: files in, files and report out, nothing half-written."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .adapt import adapt
+from .checkpoints import DEFAULTS, load_model, model_id
+from .devices import describe, resolve_device
+from .errors import UserError
+from .geometry import read_volume
+from .jobs import Progress, atomic_output_dir, check_output_dir
+from .optimise import RefineConfig
+from .outputs import (
+    FILES,
+    deformation_quality,
+    landmark_errors_mm,
+    percentiles,
+    to_scan_grids,
+    write_fields,
+    write_report,
+)
+from .register import prepare_pair, register_prepared
+
+REFINEMENTS = ("io", "tta", "none")
+# Total refinement iterations of the default; the benchmark in benchmarks/registration.py measured
+# the trade-off between TRE and seconds that chose it (see the model card).
+DEFAULT_ADAPT_ITERS = sum(RefineConfig().iterations)
+
+
+@dataclass
+class RegisterOptions:
+    model: str | None = None
+    device: str = "auto"
+    inputs: str = "auto"
+    refinement: str = "io"
+    adapt_iters: int = DEFAULT_ADAPT_ITERS
+    landmarks: str | None = None
+    seed: int = 0
+
+
+def register_files(fixed_path, moving_path, output_dir, options: RegisterOptions, progress: Progress,
+                   overwrite: bool = False) -> dict:
+    """Register `moving_path` to `fixed_path`, write FILES into `output_dir`; returns the report."""
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    if options.refinement not in REFINEMENTS:
+        raise UserError(f"unknown refinement {options.refinement!r} (use {', '.join(REFINEMENTS)})")
+    if options.adapt_iters < 0:
+        raise UserError("--adapt-iters must be 0 or more")
+    if options.landmarks is not None and not Path(options.landmarks).is_file():
+        raise UserError(f"{options.landmarks}: no such landmark file")
+    check_output_dir(output_dir, overwrite)
+    device = resolve_device(options.device)
+    torch.manual_seed(options.seed)
+
+    tick = time.perf_counter()
+    fixed, moving = read_volume(fixed_path), read_volume(moving_path)
+    network, config, _ = load_model(options.model, "registration", device)
+    seconds["read"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    pair = prepare_pair(fixed, moving, config, options.inputs)
+    seconds["prepare"] = time.perf_counter() - tick
+    decided = "given" if options.inputs != "auto" else "decided from the voxel values"
+    progress.log(f"inputs: {pair.inputs} ({decided}); device: {describe(device)}")
+
+    def on_step(step, total, loss):
+        progress.progress("refinement", step, total, loss=round(loss, 5))
+
+    if options.refinement == "tta" and options.adapt_iters > 0:
+        tick = time.perf_counter()
+        network = adapt(network, pair.fixed_occupancy.to(device), pair.moving_occupancy.to(device),
+                        options.adapt_iters, on_iteration=on_step)
+        seconds["adaptation"] = time.perf_counter() - tick
+    refine_config = RefineConfig().scaled(options.adapt_iters) if options.refinement == "io" else None
+    registration = register_prepared(pair, network, refine_config, device, on_step)
+    seconds.update(registration.seconds)
+
+    tick = time.perf_counter()
+    scan = to_scan_grids(pair, registration)
+    report = {
+        "version": __version__,
+        "fixed": str(fixed_path), "moving": str(moving_path), "inputs": pair.inputs,
+        "device": describe(device),
+        "model": {"id": model_id(options.model, "registration"), "path": str(options.model or DEFAULTS["registration"])},
+        "refinement": {"method": options.refinement, "iterations": options.adapt_iters},
+        "work_grid": pair.grid.to_json(),
+        **deformation_quality(pair, registration, scan),
+    }
+    if options.landmarks:
+        before = landmark_errors_mm(pair, None, options.landmarks)
+        after = landmark_errors_mm(pair, scan.forward_lps_mm, options.landmarks)
+        report["tre_before_mm"], report["tre_after_mm"] = percentiles(before), percentiles(after)
+        report["landmark_errors_mm"] = {"before": [round(float(e), 3) for e in before],
+                                        "after": [round(float(e), 3) for e in after]}
+    seconds["fields"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    with atomic_output_dir(output_dir, overwrite) as staging:
+        write_fields(staging, pair, scan)
+        seconds["write"] = time.perf_counter() - tick
+        seconds["total"] = time.perf_counter() - started
+        report["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+        write_report(staging, report)
+    report["files"] = {key: str(Path(output_dir) / name) for key, name in FILES.items()}
+    return report

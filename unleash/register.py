@@ -1,0 +1,101 @@
+"""The registration pipeline: scans -> vessels -> work grid -> network -> refinement -> fields.
+
+Everything here works on the work grid (axis-aligned, isotropic, centred on the fixed scan's
+lungs, shape from the model file); `outputs.py` maps the result back to the scans' own grids.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import fields, vessels, workgrid
+from .geometry import Grid, Volume
+from .models.registration import RegistrationConfig, TwoStepRegistration
+from .optimise import RefineConfig, refine
+
+
+@dataclass
+class PreparedPair:
+    """Both scans' vessel occupancy on one work grid (1, 1, D, H, W), and what they came from."""
+
+    fixed: Volume
+    moving: Volume
+    fixed_vessels: Volume
+    moving_vessels: Volume
+    fixed_lungs: np.ndarray  # bool [k, j, i] on the fixed grid
+    grid: Grid
+    fixed_occupancy: torch.Tensor
+    moving_occupancy: torch.Tensor
+    inputs: str
+
+
+def prepare_pair(fixed: Volume, moving: Volume, config: RegistrationConfig, inputs: str = "auto") -> PreparedPair:
+    """Vessels of both scans on one work grid. Fixed and moving share the grid because scans of
+    one patient share scanner coordinates; centring each on its own lungs was measured to start
+    further from the answer (e.g. 19.0 vs 11.1 mm mean landmark error on val case 117)."""
+    fixed_vessels, fixed_lungs, kind_fixed = vessels.vessels_from_input(fixed, inputs)
+    moving_vessels, _, kind_moving = vessels.vessels_from_input(moving, inputs)
+    grid = workgrid.work_grid(workgrid.lung_center_lps(fixed_vessels, fixed_lungs), config.shape_xyz, config.spacing_mm)
+    kind = kind_fixed if kind_fixed == kind_moving else f"{kind_fixed}+{kind_moving}"
+    return PreparedPair(fixed, moving, fixed_vessels, moving_vessels, fixed_lungs, grid,
+                        workgrid.occupancy_on(grid, fixed_vessels), workgrid.occupancy_on(grid, moving_vessels), kind)
+
+
+def network_fields(network: TwoStepRegistration, fixed_occupancy: torch.Tensor, moving_occupancy: torch.Tensor):
+    """(forward, inverse) displacements in mm on the work grid predicted by the two-step network."""
+    config = network.config
+    a, _ = workgrid.resample_box(fixed_occupancy, config.spacing_mm, config.lattice_mm)
+    b, _ = workgrid.resample_box(moving_occupancy, config.spacing_mm, config.lattice_mm)
+    forward, inverse = network(a, b)
+    shape = fixed_occupancy.shape[2:]
+    return fields.resize(forward, shape), fields.resize(inverse, shape)
+
+
+@dataclass
+class Registration:
+    """phi (fixed -> moving) and its inverse on the work grid, in mm, with stage timings."""
+
+    forward_mm: torch.Tensor
+    inverse_mm: torch.Tensor
+    seconds: dict = field(default_factory=dict)
+
+
+def register_prepared(pair: PreparedPair, network: TwoStepRegistration | None, refine_config: RefineConfig | None,
+                      device: torch.device, on_progress=None) -> Registration:
+    """Network prediction, then refinement on the pair: phi = phi_net o exp(r), phi^-1 = exp(-r) o phi_net^-1."""
+    spacing = pair.grid.spacing_mm[0]
+    a = pair.fixed_occupancy.to(device)
+    b = pair.moving_occupancy.to(device)
+    seconds = {}
+    start = time.perf_counter()
+    if network is not None:
+        with torch.no_grad(), _autocast(device):
+            forward, inverse = network_fields(network.to(device), a, b)
+        forward, inverse = forward.float(), inverse.float()
+    else:
+        forward = inverse = torch.zeros(1, 3, *a.shape[2:], device=device)
+    seconds["network"] = time.perf_counter() - start
+    if refine_config is not None and sum(refine_config.iterations) > 0:
+        start = time.perf_counter()
+        # An identity prediction (e.g. the antisymmetric network on identical scans) must leave the
+        # scan untouched: resampling adds rounding noise, which Adam would amplify into motion.
+        moving_warped = fields.warp(b, forward, spacing) if bool(forward.any()) else b
+        velocity = refine(a, moving_warped, spacing, refine_config, on_progress)
+        lattice_spacing = (a.shape[-1] - 1) * spacing / (velocity.shape[-1] - 1)
+        with torch.no_grad():
+            r_forward = fields.resize(fields.exp(velocity, lattice_spacing, refine_config.squaring_steps), a.shape[2:])
+            r_inverse = fields.resize(fields.exp(-velocity, lattice_spacing, refine_config.squaring_steps), a.shape[2:])
+            forward = fields.compose(forward, r_forward, spacing)
+            inverse = fields.compose(r_inverse, inverse, spacing)
+        seconds["refinement"] = time.perf_counter() - start
+    return Registration(forward.cpu(), inverse.cpu(), seconds)
+
+
+def _autocast(device: torch.device):
+    """bf16 on CUDA; on the CPU bf16 was measured slower than fp32 for this network."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)

@@ -1,0 +1,74 @@
+"""Displacement fields on a scan's own grid, as ITK and Slicer read them.
+
+A field here is a numpy array (3, k, j, i) of LPS millimetres on a `Grid`, mapping a point x of
+that grid's space to x + u(x) (the ITK resampling direction). On disk it is a 3-component vector
+image with the grid's geometry, which `sitk.DisplacementFieldTransform` and Slicer's
+`loadTransform` read as a transform.
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from .geometry import Grid, Volume
+
+
+def axis_steps_lps(grid: Grid) -> np.ndarray:
+    """(3, 3): row a is the LPS mm step of one voxel along index axis a (i, j, k)."""
+    direction = np.asarray(grid.direction, np.float64).reshape(3, 3)
+    return (direction * np.asarray(grid.spacing_mm)[None, :]).T
+
+
+def displacement_image(displacement_lps_mm: np.ndarray, grid: Grid) -> sitk.Image:
+    """(3, k, j, i) -> a float32 vector image (half the file of float64; readers cast it with
+    sitk.ReadImage(path, sitk.sitkVectorFloat64) for DisplacementFieldTransform)."""
+    image = sitk.GetImageFromArray(np.moveaxis(displacement_lps_mm, 0, -1).astype(np.float32), isVector=True)
+    image.SetSpacing([float(s) for s in grid.spacing_mm])
+    image.SetOrigin([float(o) for o in grid.origin_lps])
+    image.SetDirection([float(d) for d in grid.direction])
+    return image
+
+
+def read_displacement(path) -> tuple[np.ndarray, Grid]:
+    image = sitk.ReadImage(str(path), sitk.sitkVectorFloat64)
+    return np.moveaxis(sitk.GetArrayFromImage(image), -1, 0).astype(np.float32), Grid.of(image)
+
+
+def jacobian_determinant(displacement_lps_mm: np.ndarray, grid: Grid, slab: int = 32) -> np.ndarray:
+    """(k, j, i) float32 det(I + du/dx) of a (3, k, j, i) LPS mm field, derivatives in physical
+    space (x = origin + D S index, so d/dx = (D S)^-T d/dindex). Central differences inside, one-sided
+    at the edges (as np.gradient); computed in slabs of k so that a large scan's nine derivative
+    maps never exist at once."""
+    to_index = torch.from_numpy(np.linalg.inv(axis_steps_lps(grid).T).astype(np.float32))  # d index / d x
+    field = torch.from_numpy(np.ascontiguousarray(displacement_lps_mm, dtype=np.float32))
+    depth = field.shape[1]
+    out = np.empty(field.shape[1:], np.float32)
+    for k0 in range(0, depth, slab):
+        lo, hi = max(0, k0 - 1), min(depth, k0 + slab + 1)
+        d_dk, d_dj, d_di = torch.gradient(field[:, lo:hi], dim=(1, 2, 3))  # each (3, k, j, i)
+        by_index = torch.stack([d_di, d_dj, d_dk], dim=-1)  # (3, k, j, i, index axis)
+        jac = (by_index @ to_index).permute(1, 2, 3, 0, 4)  # (k, j, i, component, physical axis)
+        jac = jac + torch.eye(3)
+        out[k0:min(depth, k0 + slab)] = torch.linalg.det(jac)[k0 - lo:k0 - lo + min(slab, depth - k0)].numpy()
+    return out
+
+
+def displacement_at(displacement_lps_mm: np.ndarray, grid: Grid, points_lps: np.ndarray) -> np.ndarray:
+    """u at LPS points (N, 3) by trilinear interpolation -> (N, 3) mm (nearest edge value outside)."""
+    ijk = grid.physical_to_index(points_lps)
+    coords = ijk[:, ::-1].T  # (3, N) as (k, j, i)
+    return np.stack([ndimage.map_coordinates(displacement_lps_mm[c], coords, order=1, mode="nearest")
+                     for c in range(3)], axis=1)
+
+
+def warp_volume(moving: Volume, displacement_lps_mm: np.ndarray, fixed_grid: Grid, labels: bool) -> Volume:
+    """`moving` resampled onto the fixed grid through the field (nearest neighbour for label maps)."""
+    field = sitk.Cast(displacement_image(displacement_lps_mm, fixed_grid), sitk.sitkVectorFloat64)
+    transform = sitk.DisplacementFieldTransform(field)
+    image = moving.to_sitk()
+    default = 0.0 if labels else float(np.min(moving.array))
+    out = sitk.Resample(image, fixed_grid.to_sitk(image.GetPixelID()), transform,
+                        sitk.sitkNearestNeighbor if labels else sitk.sitkLinear, default, image.GetPixelID())
+    return Volume.from_sitk(out)

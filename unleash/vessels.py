@@ -1,0 +1,358 @@
+"""Vessel maps from the user's input: a vessel label map is used as it is, a chest CT is segmented.
+
+The registration network was trained on pulmonary vessel segmentations dilated by one voxel
+(3x3x3), so a CT is turned into the same kind of binary map: a multi-scale Hessian vesselness
+(Frangi, bright tubes) inside the lungs, gated by intensity, thresholded and dilated by one voxel.
+
+Arrays are indexed [k, j, i] as in geometry.py; per-array-axis spacings are named `spacing_zyx`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .errors import UserError
+from .geometry import Grid, Volume
+
+INPUT_KINDS = ("auto", "vessels", "ct")
+
+# Telling a label map from a CT.
+MAX_LABELS = 16                 # a vessel label map has at most this many distinct values
+MIN_CT_DISTINCT_VALUES = 50     # a CT has far more
+MIN_CT_RANGE_HU = 500.0         # at least air (-1000) to soft tissue (0)
+MAX_SAMPLE_VOXELS = 1_000_000   # distinct values are counted on a strided sample, for speed
+
+# Lung mask from a CT.
+AIR_HU = -400.0                 # lung parenchyma is about -850 HU, soft tissue 0..50 HU
+LUNG_WORK_SPACING_MM = 2.0      # lungs are large: 2 mm voxels are plenty and 10-30x cheaper
+MIN_LUNG_VOLUME_ML = 100.0      # less air than this inside the body is no lung
+SECOND_LUNG_MIN_RATIO = 0.2     # a second air region is a lung only if this large next to the first
+LUNG_CLOSING_RADIUS_MM = 5.0    # closes the lung surface over vessels and fissures
+
+# Vessel map from a CT.
+VESSEL_SCALES_MM = (1.0, 1.7, 3.0)  # Gaussian sigmas: vessels of about 1.5 to 6 mm diameter
+VESSEL_WORK_SPACING_MM = 1.0    # axes finer than this are resampled to it first (speed)
+HU_CLIP = (-1000.0, 200.0)      # bone and contrast agent must not dominate the Hessian
+FRANGI_ALPHA = 0.5              # tube vs plate
+FRANGI_BETA = 0.5               # tube vs blob
+FRANGI_C_HU = 100.0             # structure strength (scale-normalised Hessian, HU): noise is far below
+VESSELNESS_THRESHOLD = 0.15
+VESSEL_MIN_HU = -600.0          # halfway between lung (-850) and blood (about 40): the vessel's edge
+MAX_VESSEL_FRACTION_OF_LUNG = 0.10  # guard: real vessels fill about 3-8 % of the lungs
+
+# Lung mask approximated from a vessel map.
+OCCUPANCY_SPACING_MM = 4.0
+OCCUPANCY_SIGMA_MM = 8.0        # vessels reach to about 1-2 cm from the pleura
+OCCUPANCY_THRESHOLD = 0.005     # of blurred vessel occupancy (vessels fill a few % of the lungs)
+
+
+# ---------------------------------------------------------------------------- input kind
+
+def detect_input_kind(volume: Volume) -> str:
+    """'vessels' for a label map (few integer values >= 0), 'ct' for a CT in HU; else UserError."""
+    values = volume.array.view(np.uint8) if volume.array.dtype == np.bool_ else volume.array
+    low, high = float(values.min()), float(values.max())
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise UserError("the image contains NaN or infinite values: it is neither a vessel mask nor a CT")
+    if low == high == 0:
+        raise UserError("the image is all zeros: the vessel mask is empty")
+    if low == high:
+        raise UserError(f"the image is constant ({low:g} everywhere): it is neither a vessel mask nor a CT")
+    distinct = np.unique(_sample(values)).size
+    if low >= 0 and distinct <= MAX_LABELS and _integer_valued(values):
+        return "vessels"
+    if low < 0 and high - low >= MIN_CT_RANGE_HU and distinct >= MIN_CT_DISTINCT_VALUES:
+        return "ct"
+    raise UserError(
+        f"the image is neither a vessel mask (a few integer labels >= 0) nor a CT in Hounsfield units "
+        f"(air near -1000): its values run from {low:g} to {high:g} with {distinct} distinct values in a sample")
+
+
+def _sample(array: np.ndarray) -> np.ndarray:
+    step = max(1, int(np.ceil((array.size / MAX_SAMPLE_VOXELS) ** (1 / 3))))
+    return array[::step, ::step, ::step]
+
+
+def _integer_valued(array: np.ndarray) -> bool:
+    if np.issubdtype(array.dtype, np.integer):
+        return True
+    # The sample rejects a CT cheaply; only a likely label map pays for the full check.
+    return bool(np.all(np.mod(_sample(array), 1) == 0)) and bool(np.all(np.mod(array, 1) == 0))
+
+
+# ---------------------------------------------------------------------------- lung mask from CT
+
+def lung_mask(ct: Volume) -> np.ndarray:
+    """Lungs of a chest CT (bool [k, j, i] on the CT's grid): air inside the body, closed and filled."""
+    low = _shrink(_image(ct.array.astype(np.float32), ct.grid), LUNG_WORK_SPACING_MM)
+    spacing_zyx = np.asarray(low.GetSpacing())[::-1]
+    si_axis = _si_axis(ct.grid)
+    inner_air = _drop_outside_air(sitk.GetArrayViewFromImage(low) < AIR_HU, si_axis)
+    lungs = _largest_lungs(inner_air, float(np.prod(spacing_zyx)) / 1000.0)
+    lungs = _close(lungs, spacing_zyx, LUNG_CLOSING_RADIUS_MM)
+    return _to_grid(_fill_holes(lungs, si_axis), low, ct.grid)
+
+
+def _drop_outside_air(air: np.ndarray, si_axis: int) -> np.ndarray:
+    """Air not connected to the image's side faces. The faces across the superior-inferior axis are
+    not used: the trachea reaches the top slice and joins the lungs, and lungs may touch the bottom."""
+    labels, _ = ndimage.label(air)
+    outside = [np.unique(np.take(labels, end, axis=axis))
+               for axis in range(3) if axis != si_axis for end in (0, -1)]
+    keep = np.ones(labels.max() + 1, bool)
+    keep[np.concatenate(outside)] = False
+    keep[0] = False
+    return keep[labels]
+
+
+def _largest_lungs(inner_air: np.ndarray, voxel_ml: float) -> np.ndarray:
+    """The largest air region, and the second largest when it is big enough to be the other lung
+    (they are one region when the trachea joins them, and then bowel gas must not count)."""
+    labels, count = ndimage.label(inner_air)
+    sizes = np.bincount(labels.ravel())[1:]
+    if count == 0 or sizes.max() * voxel_ml < MIN_LUNG_VOLUME_ML:
+        largest_ml = sizes.max() * voxel_ml if count else 0.0
+        raise UserError(f"no lungs found in the CT (the largest air region inside the body is {largest_ml:.0f} mL): "
+                        "is it a chest CT in Hounsfield units?")
+    order = np.argsort(sizes)[::-1] + 1
+    keep = [order[0]]
+    if count > 1 and sizes[order[1] - 1] >= SECOND_LUNG_MIN_RATIO * sizes[order[0] - 1]:
+        keep.append(order[1])
+    return np.isin(labels, keep)
+
+
+def _close(mask: np.ndarray, spacing_zyx: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Binary closing with a ball; padded so that the image border does not erode the mask."""
+    ball = _ball(radius_mm, spacing_zyx)
+    pad = max(ball.shape) // 2 + 1
+    closed = ndimage.binary_closing(np.pad(mask, pad), structure=ball)
+    return closed[pad:-pad, pad:-pad, pad:-pad]
+
+
+def _ball(radius_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
+    r = np.maximum(1, np.floor(radius_mm / spacing_zyx)).astype(int)
+    z, y, x = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
+    return (z * spacing_zyx[0]) ** 2 + (y * spacing_zyx[1]) ** 2 + (x * spacing_zyx[2]) ** 2 <= radius_mm ** 2
+
+
+def _fill_holes(mask: np.ndarray, si_axis: int) -> np.ndarray:
+    """Fill 3D holes, then the holes of every axial slice: vessels run from the lungs to the hilum,
+    so in 3D they are not holes, but in an axial slice they are."""
+    mask = ndimage.binary_fill_holes(mask)
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[(slice(None),) * si_axis + (1,)] = ndimage.generate_binary_structure(2, 1)
+    # One empty slice at each end, so that the end slices are not all 'image border'.
+    pad = [(0, 0)] * 3
+    pad[si_axis] = (1, 1)
+    filled = ndimage.binary_fill_holes(np.pad(mask, pad), structure=in_plane)
+    return np.take(filled, np.arange(1, filled.shape[si_axis] - 1), axis=si_axis)
+
+
+# ---------------------------------------------------------------------------- vessel map from CT
+
+def vessel_map(ct: Volume, mask: np.ndarray | None = None) -> Volume:
+    """Binary uint8 vessel map on the CT's grid: multi-scale vesselness inside the lungs, dilated by
+    one voxel like the training data. `mask` is the lung mask (bool [k, j, i]); found if None."""
+    if mask is None:
+        mask = lung_mask(ct)
+    if mask.shape != ct.array.shape:
+        raise ValueError(f"lung mask shape {mask.shape} does not match the CT {ct.array.shape}")
+    if not mask.any():
+        raise UserError("no lungs found in the CT: the lung mask is empty")
+    spacing_zyx = _spacing_zyx(ct.grid)
+    margin = int(np.ceil(3 * max(VESSEL_SCALES_MM) / spacing_zyx.min())) + 2
+    box = _bounding_box(mask, margin)
+    hu = np.clip(ct.array[box].astype(np.float32), *HU_CLIP)
+    lungs = mask[box]
+    vesselness = _vesselness_resampled(hu, lungs, _crop_grid(ct.grid, box))
+    vessels = _threshold(vesselness, hu, lungs)
+    if not vessels.any():
+        raise UserError("no vessels found in the lungs of the CT: is it a chest CT in Hounsfield units?")
+    out = np.zeros(ct.array.shape, np.uint8)
+    grown = _bounding_box(mask, margin + 1)  # dilation reaches one voxel beyond `box`
+    out[box] = vessels
+    out[grown] = ndimage.binary_dilation(out[grown], structure=np.ones((3, 3, 3), bool))
+    return ct.with_array(out)
+
+
+def _vesselness_resampled(hu: np.ndarray, lungs: np.ndarray, grid: Grid) -> np.ndarray:
+    """Vesselness on `grid`; axes finer than VESSEL_WORK_SPACING_MM are computed on a coarser
+    grid and interpolated back (0.7 mm CTs have 2-3x the voxels and no more vessels at these scales)."""
+    spacing = np.asarray(grid.spacing_mm, np.float64)
+    work_spacing = np.maximum(spacing, VESSEL_WORK_SPACING_MM)
+    if np.all(work_spacing <= spacing * 1.05):
+        return _vesselness(hu, lungs, spacing[::-1])
+    work_size = np.ceil(np.asarray(grid.size) * spacing / work_spacing).astype(int)
+    work = Grid(tuple(int(s) for s in work_size), tuple(work_spacing), grid.origin_lps, grid.direction)
+    work_hu = _resample(_image(hu, grid), work, linear=True)
+    work_lungs = _resample(_image(lungs.astype(np.float32), grid), work, linear=True) > 0.5
+    work_vesselness = _vesselness(work_hu, work_lungs, work_spacing[::-1])
+    return _resample(_image(work_vesselness, work), grid, linear=True)
+
+
+def _vesselness(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
+    """Maximum over scales of Frangi's bright-tube vesselness, evaluated at lung voxels only (0 elsewhere)."""
+    inner = lungs.copy()
+    for axis in range(3):  # the finite-difference stencils reach one voxel out
+        inner[(slice(None),) * axis + (0,)] = False
+        inner[(slice(None),) * axis + (-1,)] = False
+    at = np.flatnonzero(inner)
+    best = np.zeros(at.size, np.float32)
+    for sigma_mm in VESSEL_SCALES_MM:
+        smoothed = ndimage.gaussian_filter(hu, sigma_mm / spacing_zyx, mode="nearest", truncate=3.0)
+        # sigma^2 normalises the Hessian so that the scales compete fairly (Lindeberg).
+        hessian = [h * np.float32(sigma_mm ** 2) for h in _hessian_at(smoothed, at, spacing_zyx)]
+        np.maximum(best, _frangi_bright_tubes(*_eigenvalues_by_magnitude(*hessian)), out=best)
+    out = np.zeros(hu.shape, np.float32)
+    out.flat[at] = best
+    return out
+
+
+def _hessian_at(image: np.ndarray, at: np.ndarray, spacing_zyx: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Hessian (zz, yy, xx, zy, zx, yx) in HU/mm^2 by central differences at flat indices `at` only,
+    which is cheaper than six full-size derivative images when the lungs are a fraction of the box."""
+    flat = np.ascontiguousarray(image).ravel()
+    step = [int(np.prod(image.shape[axis + 1:])) for axis in range(3)]
+    centre = flat[at]
+    diagonal = [(flat[at + step[a]] - 2 * centre + flat[at - step[a]]) / np.float32(spacing_zyx[a] ** 2)
+                for a in range(3)]
+    mixed = []
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        plus, minus = step[a] + step[b], step[a] - step[b]
+        difference = flat[at + plus] - flat[at + minus] - flat[at - minus] + flat[at - plus]
+        mixed.append(difference / np.float32(4 * spacing_zyx[a] * spacing_zyx[b]))
+    return (*diagonal, *mixed)
+
+
+def _eigenvalues_by_magnitude(a, b, c, d, e, f) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eigenvalues of the symmetric matrices [[a, d, e], [d, b, f], [e, f, c]] sorted by absolute
+    value, in closed form (Smith 1961): far faster than a batched eigvalsh on millions of voxels."""
+    q = (a + b + c) / 3
+    aq, bq, cq = a - q, b - q, c - q
+    p = np.sqrt((aq * aq + bq * bq + cq * cq + 2 * (d * d + e * e + f * f)) / 6)
+    p_safe = np.where(p > 0, p, np.float32(1))
+    det = aq * (bq * cq - f * f) - d * (d * cq - f * e) + e * (d * f - bq * e)
+    phi = np.arccos(np.clip(det / (2 * p_safe ** 3), -1, 1)) / 3
+    largest = q + 2 * p * np.cos(phi)
+    smallest = q + 2 * p * np.cos(phi + np.float32(2 * np.pi / 3))
+    values = np.stack([largest, 3 * q - largest - smallest, smallest], axis=-1)
+    values = np.take_along_axis(values, np.argsort(np.abs(values), axis=-1), axis=-1)
+    return values[:, 0], values[:, 1], values[:, 2]
+
+
+def _frangi_bright_tubes(l1: np.ndarray, l2: np.ndarray, l3: np.ndarray) -> np.ndarray:
+    """Frangi et al. 1998 with |l1| <= |l2| <= |l3|: a bright tube has l2, l3 << 0 and l1 ~ 0."""
+    tiny = np.float32(1e-6)
+    abs2, abs3 = np.abs(l2), np.abs(l3) + tiny
+    plate_vs_tube = abs2 / abs3
+    blob_vs_tube = np.abs(l1) / np.sqrt(abs2 * abs3 + tiny)
+    strength_sq = l1 * l1 + l2 * l2 + l3 * l3
+    v = ((1 - np.exp(-plate_vs_tube ** 2 / (2 * FRANGI_ALPHA ** 2)))
+         * np.exp(-blob_vs_tube ** 2 / (2 * FRANGI_BETA ** 2))
+         * (1 - np.exp(-strength_sq / (2 * FRANGI_C_HU ** 2))))
+    v[(l2 >= 0) | (l3 >= 0)] = 0
+    return v.astype(np.float32, copy=False)
+
+
+def _threshold(vesselness: np.ndarray, hu: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+    """Tubular (vesselness) and dense (HU: the vessel's own edge, not the wider Hessian response)
+    lung voxels; if implausibly many (noise, consolidation), only the most tubular ones are kept."""
+    vessels = (vesselness > VESSELNESS_THRESHOLD) & (hu > VESSEL_MIN_HU) & lungs
+    cap = int(MAX_VESSEL_FRACTION_OF_LUNG * lungs.sum())
+    count = int(vessels.sum())
+    if count > cap > 0:
+        scores = vesselness[vessels]
+        vessels &= vesselness >= np.partition(scores, count - cap)[count - cap]
+    return vessels
+
+
+# ---------------------------------------------------------------------------- lung mask from vessels
+
+def lung_mask_from_vessels(vessels: Volume) -> np.ndarray:
+    """Approximate lungs (bool [k, j, i]) of a vessel map: where the blurred vessel occupancy is
+    not negligible, holes filled. Computed at about 4 mm, returned on the vessel map's grid."""
+    occupancy = _shrink(_image((vessels.array > 0).astype(np.float32), vessels.grid), OCCUPANCY_SPACING_MM)
+    spacing_zyx = np.asarray(occupancy.GetSpacing())[::-1]
+    blurred = ndimage.gaussian_filter(sitk.GetArrayViewFromImage(occupancy), OCCUPANCY_SIGMA_MM / spacing_zyx,
+                                      mode="constant")
+    lungs = _fill_holes(blurred > OCCUPANCY_THRESHOLD, _si_axis(vessels.grid))
+    return _to_grid(lungs, occupancy, vessels.grid)
+
+
+def vessels_from_input(volume: Volume, kind: str = "auto") -> tuple[Volume, np.ndarray, str]:
+    """(binary uint8 vessel map, lung mask bool [k, j, i], kind used) for a vessel label map or a CT;
+    `kind` is 'auto' (detect), 'vessels' or 'ct'."""
+    if kind not in INPUT_KINDS:
+        raise UserError(f"unknown input kind {kind!r}: use one of {', '.join(INPUT_KINDS)}")
+    kind = detect_input_kind(volume) if kind == "auto" else kind
+    if kind == "vessels":
+        binary = (volume.array > 0).astype(np.uint8)
+        if not binary.any():
+            raise UserError("no voxel is above 0: the vessel mask is empty")
+        vessels = volume.with_array(binary)
+        return vessels, lung_mask_from_vessels(vessels), kind
+    lungs = lung_mask(volume)
+    return vessel_map(volume, lungs), lungs, kind
+
+
+# ---------------------------------------------------------------------------- geometry helpers
+
+def _spacing_zyx(grid: Grid) -> np.ndarray:
+    return np.asarray(grid.spacing_mm, np.float64)[::-1]
+
+
+def _si_axis(grid: Grid) -> int:
+    """The array axis closest to the patient's superior-inferior axis (LPS z)."""
+    direction = np.asarray(grid.direction, np.float64).reshape(3, 3)
+    file_axis = int(np.argmax(np.abs(direction[2])))  # columns are the file axes i, j, k
+    return 2 - file_axis  # arrays are [k, j, i]
+
+
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
+    box = []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(0, present[0] - margin), min(mask.shape[axis], present[-1] + margin + 1)))
+    return tuple(box)
+
+
+def _crop_grid(grid: Grid, box: tuple[slice, slice, slice]) -> Grid:
+    lower_ijk = np.array([[box[2].start, box[1].start, box[0].start]], np.float64)
+    size = (box[2].stop - box[2].start, box[1].stop - box[1].start, box[0].stop - box[0].start)
+    origin = grid.index_to_physical(lower_ijk)[0]
+    return Grid(size, grid.spacing_mm, tuple(float(o) for o in origin), grid.direction)
+
+
+def _image(array: np.ndarray, grid: Grid) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing([float(s) for s in grid.spacing_mm])
+    image.SetOrigin([float(o) for o in grid.origin_lps])
+    image.SetDirection([float(d) for d in grid.direction])
+    return image
+
+
+def _resample(image: sitk.Image, grid: Grid, linear: bool) -> np.ndarray:
+    """`image` on `grid` as a float32 array [k, j, i] (no reference image allocated)."""
+    out = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), [int(s) for s in grid.size], sitk.Transform(),
+                        sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
+                        [float(o) for o in grid.origin_lps], [float(s) for s in grid.spacing_mm],
+                        [float(d) for d in grid.direction], 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+def _shrink(image: sitk.Image, target_mm: float) -> sitk.Image:
+    """Average whole blocks of voxels so that each axis is about `target_mm` (never finer than now);
+    edge-padded first so that no partial block at the far border is dropped."""
+    factors = [max(1, round(target_mm / s)) for s in image.GetSpacing()]
+    if max(factors) == 1:
+        return image
+    pad = [(-size) % factor for size, factor in zip(image.GetSize(), factors)]
+    return sitk.BinShrink(sitk.ZeroFluxNeumannPad(image, [0, 0, 0], pad), factors)
+
+
+def _to_grid(mask: np.ndarray, low: sitk.Image, grid: Grid) -> np.ndarray:
+    """A mask computed on the reduced image `low`, brought back to `grid` (linear, > 0.5)."""
+    image = sitk.GetImageFromArray(mask.astype(np.float32))
+    image.CopyInformation(low)
+    return _resample(image, grid, linear=True) > 0.5

@@ -1,0 +1,74 @@
+"""Onto the model's work grid and back.
+
+A scan is moved onto a grid of fixed shape and spacing (stored in the model file), axis-aligned in
+LPS and centred on its own lungs, so fixed and moving are roughly aligned before any network runs
+(the offset between the two lung centres is the first, rigid, part of the transform). Vessel
+occupancy is sampled at half the work spacing and averaged down, so thin vessels are not lost.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .geometry import Grid, Volume, foreground_center_lps, network_grid, resample
+from .losses import gaussian_blur
+
+
+def work_grid(center_lps: np.ndarray, shape_xyz, spacing_mm: float) -> Grid:
+    return network_grid(center_lps, shape_xyz, spacing_mm)
+
+
+def occupancy_on(grid: Grid, vessels: Volume) -> torch.Tensor:
+    """Share of each work voxel covered by vessels, (1, 1, D, H, W) float32 in [0, 1]."""
+    fine = Grid(tuple(2 * s for s in grid.size), tuple(s / 2 for s in grid.spacing_mm),
+                tuple(o - s / 4 for o, s in zip(grid.origin_lps, grid.spacing_mm)))
+    binary = vessels.with_array((vessels.array > 0).astype(np.float32))
+    fine_occupancy = torch.from_numpy(resample(binary, fine).array)[None, None]
+    return F.avg_pool3d(fine_occupancy, 2)
+
+
+def lung_center_lps(vessels: Volume, lungs: np.ndarray) -> np.ndarray:
+    return foreground_center_lps(vessels, lungs)
+
+
+def field_to_grid(displacement_mm: torch.Tensor, source: Grid, target: Grid, chunk_slices: int = 24) -> np.ndarray:
+    """Sample u (1, 3, D, H, W) defined on the work grid `source` at every voxel of `target` and
+    return (3, k, j, i) float32 LPS mm on `target`. Outside the work grid the border value is
+    continued, so the field stays smooth beyond the lungs. Both grids are affine in the voxel
+    index, so target index -> source normalised coordinates is one 3x4 matrix."""
+    size_i, size_j, size_k = target.size
+    d, h, w = displacement_mm.shape[2:]
+    corners = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float64)
+    mapped = 2 * source.physical_to_index(target.index_to_physical(corners)) / np.array([w - 1, h - 1, d - 1]) - 1
+    origin, steps = mapped[0], mapped[1:] - mapped[0]  # steps[a]: normalised step per target index along axis a
+    affine = torch.from_numpy(np.concatenate([steps, origin[None]], 0).astype(np.float32))  # (4, 3)
+    out = np.empty((3, size_k, size_j, size_i), np.float32)
+    ii = torch.arange(size_i, dtype=torch.float32)
+    jj = torch.arange(size_j, dtype=torch.float32)
+    u = displacement_mm.float()
+    for k0 in range(0, size_k, chunk_slices):
+        kk = torch.arange(k0, min(size_k, k0 + chunk_slices), dtype=torch.float32)
+        k, j, i = torch.meshgrid(kk, jj, ii, indexing="ij")
+        homogeneous = torch.stack([i, j, k, torch.ones_like(i)], dim=-1)  # (k, j, i, 4)
+        points = (homogeneous @ affine)[None]  # (1, k, j, i, 3) normalised (x, y, z)
+        values = F.grid_sample(u, points, mode="bilinear", padding_mode="border", align_corners=True)[0]
+        out[:, k0:k0 + len(kk)] = values.numpy()
+    return out
+
+
+def lattice_shape(shape_dhw, spacing_mm: float, new_spacing_mm: float) -> tuple[int, int, int]:
+    """A grid over the same box (first and last voxel centres kept) at about `new_spacing_mm`;
+    work grids of 8n+1 voxels make the 4, 8 and 16 mm lattices exact."""
+    return tuple(max(2, round((n - 1) * spacing_mm / new_spacing_mm) + 1) for n in shape_dhw)
+
+
+def resample_box(image: torch.Tensor, spacing_mm: float, new_spacing_mm: float) -> tuple[torch.Tensor, float]:
+    """(N, C, D, H, W) onto `lattice_shape` (Gaussian anti-aliasing first); returns it and its spacing."""
+    shape = lattice_shape(image.shape[2:], spacing_mm, new_spacing_mm)
+    if shape == tuple(image.shape[2:]):
+        return image, spacing_mm
+    factor = new_spacing_mm / spacing_mm
+    smooth = gaussian_blur(image, 0.5 * factor) if factor > 1 else image
+    out = F.interpolate(smooth, size=shape, mode="trilinear", align_corners=True)
+    return out, (image.shape[-1] - 1) * spacing_mm / (shape[-1] - 1)
