@@ -1,0 +1,117 @@
+"""Asking the engine what it offers, always in a job process (it imports torch, which must not load in
+Slicer's GUI thread): the devices, the default refinement iterations, whether a CLI command exists.
+Plus the choices the modules show for devices and models. Plain Python, no Slicer."""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from unleash.jobs import unleash_command
+
+# Run by the engine's Python: one `result` event in the job protocol (see unleash/jobs.py) with what a
+# device selector and the iterations spin box need.
+PROBE_SNIPPET = """\
+import json
+import unleash
+from unleash.devices import list_devices
+from unleash.pipeline import DEFAULT_ADAPT_ITERS
+print(json.dumps({"event": "result", "version": unleash.__version__, "devices": list_devices(),
+                  "default_adapt_iters": DEFAULT_ADAPT_ITERS}), flush=True)
+"""
+
+# A GPU with less free memory than this is offered with a warning (CPU is suggested instead).
+MIN_FREE_GB = 3.0
+
+
+def probeCommand(python: str | None = None) -> list[str]:
+    return [python or sys.executable, "-c", PROBE_SNIPPET]
+
+
+def commandCheckCommand(subcommand: str, python: str | None = None) -> list[str]:
+    """`python -m unleash <subcommand> --help`: exit code 0 when this engine has the command."""
+    return unleash_command(python) + [subcommand, "--help"]
+
+
+def interpretCommandCheck(subcommand: str, returncode: int | None, output: str) -> tuple[bool, str]:
+    """(available, message for the user) from the exit code and output of commandCheckCommand."""
+    if returncode == 0:
+        return True, f"the engine has the command 'unleash {subcommand}'"
+    if returncode == 2 and "invalid choice" in output:
+        return False, (f"The engine command 'unleash {subcommand}' is not available in this version of "
+                       "UnleashRegistration. This module shows the planned settings; it will run once the engine has "
+                       "the command (update the extension).")
+    last = next((line for line in reversed(output.splitlines()) if line.strip()), "no output")
+    return False, (f"The engine could not be started to check for 'unleash {subcommand}' (exit code {returncode}: "
+                   f"{last}). If PyTorch is missing, press Apply once in the Unleash Registration module: it installs "
+                   "the dependencies.")
+
+
+def deviceLabel(device: dict) -> str:
+    """A list_devices() entry -> 'GPU 0: NVIDIA H200, 139.8 GB (120.1 GB free)'."""
+    if device.get("id") == "cpu":
+        return "CPU"
+    index = str(device.get("id", "")).partition(":")[2] or "0"
+    label = f"GPU {index}: {device.get('name', 'CUDA device')}"
+    if device.get("memory_gb") is not None:
+        label += f", {device['memory_gb']:g} GB"
+        if device.get("free_gb") is not None:
+            label += f" ({device['free_gb']:g} GB free)"
+    return label
+
+
+def deviceChoices(devices: Iterable[dict] | None) -> list[tuple[str, str]]:
+    """(label, --device value) for a combo box: auto first, then CPU, then each GPU."""
+    choices = [("Auto (a GPU if there is one, else CPU)", "auto")]
+    devices = list(devices or [{"id": "cpu"}])
+    if not any(d.get("id") == "cpu" for d in devices):
+        devices.insert(0, {"id": "cpu"})
+    choices += [(deviceLabel(d), str(d["id"])) for d in devices]
+    return choices
+
+
+def lowMemoryWarning(deviceId: str, devices: Iterable[dict] | None, minFreeGb: float = MIN_FREE_GB) -> str | None:
+    """A hint when the chosen GPU (or, for auto, the first GPU) has little free memory."""
+    gpus = [d for d in (devices or []) if str(d.get("id", "")).startswith("cuda")]
+    chosen = gpus[:1] if deviceId == "auto" else [d for d in gpus if d.get("id") == deviceId]
+    for device in chosen:
+        free = device.get("free_gb")
+        if free is not None and free < minFreeGb:
+            return (f"{deviceLabel(device)} has only {free:g} GB free; the job may run out of GPU memory. "
+                    "Choose CPU (slower) or free GPU memory.")
+    return None
+
+
+def defaultRunFolders() -> list[Path]:
+    """Where trained runs are looked for: ~/unleash-runs (UnleashTraining's default) and $UNLEASH_RUNS."""
+    folders = [Path.home() / "unleash-runs"]
+    extra = os.environ.get("UNLEASH_RUNS")
+    if extra:
+        folders += [Path(p) for p in extra.split(os.pathsep) if p]
+    return folders
+
+
+def findModels(folders: Iterable[str | Path], maxDepth: int = 2) -> list[Path]:
+    """Model files (*.safetensors) in run folders, at most `maxDepth` levels down: cheap enough for setup()."""
+    found: list[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for depth in range(maxDepth + 1):
+            pattern = "/".join(["*"] * depth + ["*.safetensors"])
+            found += sorted(p for p in folder.glob(pattern) if p.is_file())
+    unique: dict[str, Path] = {}
+    for path in found:
+        unique.setdefault(str(path.resolve()), path)
+    return list(unique.values())
+
+
+def listRuns(runFolder: str | Path | None) -> list[tuple[Path, bool]]:
+    """The runs in a run folder: (subfolder, whether it holds a model file), newest first."""
+    if not runFolder or not Path(runFolder).is_dir():
+        return []
+    runs = [p for p in Path(runFolder).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    runs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return [(run, any(run.glob("*.safetensors"))) for run in runs]

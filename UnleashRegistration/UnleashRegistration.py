@@ -1,0 +1,811 @@
+"""Unleash Registration: inverse-consistent lung registration with the `unleash` engine, from Slicer.
+
+This module is thin on purpose. It exports the selected nodes to files, builds the engine's command
+line with `unleash.jobs.register_command` (the same function the engine's tests run), runs it as a
+background job (UnleashCommon.runner), reads its JSON-lines events with `unleash.jobs.parse_event`,
+and loads the output files into the scene. Everything numerical happens in the engine's process.
+"""
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Annotated, Union
+
+import qt
+import slicer
+import vtk
+from slicer import (
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTransformNode,
+)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+# UnleashCommon puts the engine on sys.path when the modules run from a source checkout (it is imported first).
+from UnleashCommon import pythonExecutable, slicerjobs
+from UnleashCommon.dependencies import ensureDependencies
+from UnleashCommon.engine import defaultRunFolders, findModels, lowMemoryWarning
+from UnleashCommon.landmarks import markupsToIjk, writeLandmarksCsv
+from UnleashCommon.results import reportHtml
+from UnleashCommon.runner import describeProgress, formatSeconds
+
+from unleash.jobs import register_command
+
+BROWSE = "__browse__"
+JACOBIAN_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"  # blue < 1 (compression) < red
+
+#
+# UnleashRegistration
+#
+
+
+class UnleashRegistration(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Unleash Registration")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
+        self.parent.dependencies = []  # PyTorchUtils is used when present (checked on the first Apply)
+        self.parent.contributors = ["UnleashRegistration developers"]
+        self.parent.helpText = _("""
+Deformable registration of lung CTs or vessel label maps with the <b>unleash</b> engine: a learned network
+refined on the pair, with an inverse-consistent result. Select a fixed and a moving scan and press Apply;
+the job runs in the background and can be cancelled. Results: the forward and inverse transforms, the moving
+scan under the forward transform, the registered (resampled) moving scan, the deformation grid, the Jacobian
+determinant as a colour overlay, and the quality numbers.
+See <a href="https://github.com/unleash-registration/UnleashRegistration/blob/main/docs/slicer.md">the documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Built on 3D Slicer's scripted module template and the PyTorch extension (SlicerPyTorch).
+""")
+
+
+#
+# UnleashRegistrationParameterNode
+#
+
+
+@parameterNodeWrapper
+class UnleashRegistrationParameterNode:
+    """What the user chose (bound to the GUI with connectGui) and what the last run produced.
+
+    refinementIterations: -1 means the engine's default (shown in the spin box once the engine was asked).
+    modelPath: "" means the model shipped with the extension. device: auto, cpu or cuda:N.
+    """
+
+    # typing.Union with None: the wrapper needs None in the union to store "nothing selected"
+    fixedVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, None]  # noqa: UP007
+    movingVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, None]  # noqa: UP007
+    fixedLandmarks: vtkMRMLMarkupsFiducialNode
+    movingLandmarks: vtkMRMLMarkupsFiducialNode
+    modelPath: str = ""
+    refinementIterations: Annotated[int, WithinRange(-1, 5000)] = -1
+    device: str = "auto"
+    keepFiles: bool = False
+    showGrid: bool = True
+    gridSpacingMm: Annotated[float, WithinRange(2.0, 100.0)] = 15.0
+    showJacobian: bool = True
+    forwardTransform: vtkMRMLTransformNode
+    inverseTransform: vtkMRMLTransformNode
+    warpedVolume: vtkMRMLScalarVolumeNode
+    jacobianVolume: vtkMRMLScalarVolumeNode
+    lastReport: str = ""
+
+
+#
+# UnleashRegistrationWidget
+#
+
+
+class UnleashRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._updatingCombos = False
+        self._shownReport = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/UnleashRegistration.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = UnleashRegistrationLogic()
+
+        for placeWidget in (self.ui.fixedLandmarksPlaceWidget, self.ui.movingLandmarksPlaceWidget):
+            placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+            placeWidget.buttonsVisible = True
+        for selector, placeWidget in ((self.ui.fixedLandmarksSelector, self.ui.fixedLandmarksPlaceWidget),
+                                      (self.ui.movingLandmarksSelector, self.ui.movingLandmarksPlaceWidget)):
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", placeWidget.setCurrentNode)
+
+        self.ui.progressBar.visible = False
+        self.ui.deviceWarningLabel.visible = False
+        self.ui.applyHintLabel.setStyleSheet("color: #b35c00")
+        self.ui.deviceWarningLabel.setStyleSheet("color: #b35c00")
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.browseModelButton.connect("clicked(bool)", self.onBrowseModel)
+        self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.refreshDevicesButton.connect("clicked(bool)", self.onRefreshDevices)
+
+        self.initializeParameterNode()
+        self.populateModels()
+        self.populateDevices()
+        # Ask the engine for the GPUs and its default iterations in the background, and only when PyTorch is
+        # already there (otherwise the first Apply installs it and asks then).
+        if self.logic.torchAvailable():
+            self.onRefreshDevices()
+
+    def cleanup(self) -> None:
+        if self.logic:
+            self.logic.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.logic and self.logic.isRunning():
+            self.logic.cancel()  # its results would land in the next scene
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.fixedVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.fixedVolume = first
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        """Apply's hint, the combos that are not bound by connectGui, and live display settings."""
+        if not self._parameterNode:
+            return
+        missing = self.logic.missingInputs(self._parameterNode.fixedVolume, self._parameterNode.movingVolume)
+        running = self.logic.isRunning()
+        self.ui.applyHintLabel.text = "" if running else (missing or "")
+        self.ui.applyButton.toolTip = missing or _("Register the moving scan to the fixed one in a background job.")
+        self.selectComboData(self.ui.deviceComboBox, self._parameterNode.device)
+        self.selectComboData(self.ui.modelComboBox, self._parameterNode.modelPath, addLabel=self._parameterNode.modelPath)
+        self.logic.updateDisplay(self._parameterNode)
+        if not running and self._parameterNode.lastReport != self._shownReport:
+            self._shownReport = self._parameterNode.lastReport
+            self.showResult(self.logic.resultFromParameterNode(self._parameterNode))
+
+    # -- model and device choices (their entries come from disk and from the engine, so no connectGui) --
+
+    def selectComboData(self, combo, data, addLabel=None) -> None:
+        self._updatingCombos = True
+        try:
+            for index in range(combo.count):
+                if combo.itemData(index) == data:
+                    combo.currentIndex = index
+                    return
+            if addLabel:
+                combo.insertItem(combo.count - 1, os.path.basename(addLabel), data)
+                combo.currentIndex = combo.count - 2
+        finally:
+            self._updatingCombos = False
+
+    def populateModels(self) -> None:
+        self._updatingCombos = True
+        try:
+            combo = self.ui.modelComboBox
+            combo.clear()
+            combo.addItem(_("Shipped default model"), "")
+            for path in findModels(defaultRunFolders()):
+                combo.addItem(f"{path.parent.name}/{path.name}", str(path))
+                combo.setItemData(combo.count - 1, str(path), qt.Qt.ToolTipRole)
+            combo.addItem(_("Browse for a model file..."), BROWSE)
+        finally:
+            self._updatingCombos = False
+        if self._parameterNode:
+            self.selectComboData(combo, self._parameterNode.modelPath, addLabel=self._parameterNode.modelPath)
+
+    def onModelActivated(self, index) -> None:
+        if self._updatingCombos or not self._parameterNode:
+            return
+        data = self.ui.modelComboBox.itemData(index)
+        if data == BROWSE:
+            self.onBrowseModel()
+        else:
+            self._parameterNode.modelPath = data or ""
+
+    def onBrowseModel(self) -> None:
+        current = self._parameterNode.modelPath if self._parameterNode else ""
+        start = current or str(defaultRunFolders()[0])
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Choose a registration model"), start,
+                                              _("Unleash model files (*.safetensors)"))
+        if path and self._parameterNode:
+            self._parameterNode.modelPath = path
+            current = path
+        self.selectComboData(self.ui.modelComboBox, current, addLabel=current)
+
+    def populateDevices(self) -> None:
+        slicerjobs.fillDeviceCombo(self.ui.deviceComboBox, self._parameterNode.device if self._parameterNode else "auto")
+        self.updateDeviceWarning()
+
+    def onDeviceChanged(self, index) -> None:
+        if self._updatingCombos or not self._parameterNode or index < 0:
+            return
+        self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
+        self.updateDeviceWarning()
+
+    def updateDeviceWarning(self) -> None:
+        device = self._parameterNode.device if self._parameterNode else "auto"
+        warning = lowMemoryWarning(device, self.logic.devices)
+        self.ui.deviceWarningLabel.text = warning or ""
+        self.ui.deviceWarningLabel.visible = bool(warning)
+
+    def onRefreshDevices(self) -> None:
+        self.ui.refreshDevicesButton.enabled = False
+        self.ui.refreshDevicesButton.text = _("Asking...")
+
+        def done(info, error):
+            self.ui.refreshDevicesButton.enabled = True
+            self.ui.refreshDevicesButton.text = _("Refresh")
+            if error:
+                self.appendLog(f"could not list the devices: {error}")
+            self.populateDevices()
+            if self.logic.defaultAdaptIters is not None:
+                self.ui.refinementIterationsSpinBox.specialValueText = _("default ({n})").format(n=self.logic.defaultAdaptIters)
+
+        self.logic.probeEngine(completedCallback=done)
+
+    # -- Apply / Cancel ----------------------------------------------------------------------------------
+
+    def onApplyButton(self) -> None:
+        if self.logic.isRunning():
+            self.logic.cancel()
+            self.ui.progressLabel.text = _("Cancelling...")
+            return
+        p = self._parameterNode
+        missing = self.logic.missingInputs(p.fixedVolume, p.movingVolume)
+        if missing:
+            slicer.util.warningDisplay(missing, windowTitle=_("Unleash Registration"))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the registration."), waitCursor=True):
+            self.ui.logTextEdit.clear()
+            self.ui.resultLabel.text = _("Running...")
+            job = self.logic.registerVolumes(
+                fixedVolumeNode=p.fixedVolume, movingVolumeNode=p.movingVolume,
+                fixedLandmarksNode=p.fixedLandmarks, movingLandmarksNode=p.movingLandmarks,
+                modelPath=p.modelPath or None,
+                refinementIterations=None if p.refinementIterations < 0 else p.refinementIterations,
+                device=p.device, keepFiles=p.keepFiles, gridSpacingMm=p.gridSpacingMm, showGrid=p.showGrid,
+                showJacobian=p.showJacobian, parameterNode=p, wait=False,
+                logCallback=self.appendLog, progressCallback=self.onProgress, completedCallback=self.onCompleted)
+            if job is None:  # the user declined to install the dependencies
+                self.ui.resultLabel.text = _("Not run: the Python packages it needs are not installed.")
+                return
+            self.setRunning(True)
+
+    def setRunning(self, running: bool) -> None:
+        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        self.ui.progressBar.visible = running
+        if running:
+            self.ui.progressBar.setRange(0, 0)  # busy until the first progress event
+            self.ui.progressLabel.text = _("Starting the engine...")
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton):
+            widget.enabled = not running
+        self.onParameterNodeModified()
+
+    def appendLog(self, text: str) -> None:
+        self.ui.logTextEdit.appendPlainText(text)
+
+    def onProgress(self, event: dict) -> None:
+        percent, text = describeProgress(event)
+        self.ui.progressBar.setRange(0, 100)
+        self.ui.progressBar.value = percent
+        self.ui.progressLabel.text = text
+
+    def onCompleted(self, result, error) -> None:
+        self.setRunning(False)
+        if self.logic.devices is None and self.logic.torchAvailable():
+            self.onRefreshDevices()  # PyTorch may have been installed by this Apply
+        if error:
+            self.ui.progressLabel.text = _("Cancelled.") if error == "cancelled" else _("Failed.")
+            self._shownReport = self._parameterNode.lastReport if self._parameterNode else None  # keep this message
+            self.ui.resultLabel.text = _("No result: {error}").format(error=error)
+            if error != "cancelled":
+                slicer.util.errorDisplay(_("The registration failed:\n\n{error}").format(error=error),
+                                         windowTitle=_("Unleash Registration"))
+            return
+        self.ui.progressLabel.text = _("Done in {t}.").format(t=formatSeconds(result.elapsedS))
+        if result.workDir:
+            self.ui.progressLabel.text += " " + _("Files kept in {folder}").format(folder=result.workDir)
+        self._shownReport = None
+        self.onParameterNodeModified()
+
+    def showResult(self, result) -> None:
+        """The result box: the report's numbers and the nodes the run added."""
+        if result.forwardTransform is None and not result.report:
+            self.ui.resultLabel.text = _("No registration yet.")
+            return
+        text = reportHtml(result.report) or _("The job reported no numbers.")
+        names = [f"{label}: <i>{node.GetName()}</i>" for label, node in (
+            (_("forward transform"), result.forwardTransform), (_("inverse transform"), result.inverseTransform),
+            (_("registered moving volume"), result.warpedVolume), (_("Jacobian determinant"), result.jacobianVolume))
+            if node is not None]
+        if names:
+            text += "<p>" + "<br>".join(names) + "</p>"
+        self.ui.resultLabel.text = text
+
+
+#
+# UnleashRegistrationLogic
+#
+
+
+@dataclass
+class UnleashRegistrationResult:
+    """What one registration added to the scene, and its report (report.json)."""
+
+    forwardTransform: object = None  # vtkMRMLTransformNode: fixed point -> moving point (resampling direction)
+    inverseTransform: object = None  # vtkMRMLTransformNode: moving point -> fixed point
+    warpedVolume: object = None  # the moving scan resampled onto the fixed grid (a separate volume)
+    jacobianVolume: object = None  # det of the forward transform's Jacobian on the fixed grid
+    report: dict = field(default_factory=dict)
+    workDir: str | None = None  # set when the files were kept
+    elapsedS: float = 0.0
+
+
+class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
+    """Usable without the GUI, e.g. from the Python console:
+
+        logic = slicer.util.getModuleLogic("UnleashRegistration")
+        result = logic.registerVolumes(fixedVolumeNode=fixed, movingVolumeNode=moving, refinementIterations=50)
+        result.forwardTransform, result.report["tre_after_mm"]
+
+    wait=True (the default) returns an UnleashRegistrationResult or raises RuntimeError; wait=False returns
+    the running JobRunner at once and calls completedCallback(result, error) when it ends.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.job = None
+        self._displayState = None
+
+    def getParameterNode(self):
+        return UnleashRegistrationParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def torchAvailable() -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("torch") is not None
+
+    def isRunning(self) -> bool:
+        return self.job is not None and self.job.running
+
+    def cancel(self) -> None:
+        """Stop the running job and everything it started."""
+        if self.job is not None:
+            self.job.cancel()
+
+    @staticmethod
+    def missingInputs(fixedVolumeNode, movingVolumeNode) -> str | None:
+        """What Apply still needs, in words, or None."""
+        if fixedVolumeNode is None:
+            return _("Select a fixed volume")
+        if movingVolumeNode is None:
+            return _("Select a moving volume")
+        if fixedVolumeNode == movingVolumeNode:
+            return _("Select two different volumes: fixed and moving are the same")
+        return None
+
+    # -- asking the engine -----------------------------------------------------------------------------
+
+    @property
+    def devices(self):
+        """unleash.devices.list_devices() as the engine's process sees it, once asked (probeEngine), else None."""
+        return (slicerjobs.engineInfo() or {}).get("devices")
+
+    @property
+    def defaultAdaptIters(self):
+        """unleash.pipeline.DEFAULT_ADAPT_ITERS, once asked (probeEngine), else None."""
+        return (slicerjobs.engineInfo() or {}).get("default_adapt_iters")
+
+    @staticmethod
+    def probeEngine(wait: bool = False, completedCallback=None):
+        """Ask the engine (in a job) for its devices and default iterations. completedCallback(info, error)."""
+        return slicerjobs.probeEngine(completedCallback=completedCallback, wait=wait)
+
+    # -- the registration ------------------------------------------------------------------------------
+
+    def registerVolumes(self, fixedVolumeNode, movingVolumeNode, fixedLandmarksNode=None, movingLandmarksNode=None,
+                        modelPath=None, refinementIterations=None, device="auto", keepFiles=False,
+                        gridSpacingMm=15.0, showGrid=True, showJacobian=True, installDependencies=True,
+                        parameterNode=None, wait=True, timeoutS=None,
+                        logCallback=None, progressCallback=None, completedCallback=None):
+        """Register movingVolumeNode to fixedVolumeNode (scalar volumes, label maps or segmentations).
+
+        fixedLandmarksNode/movingLandmarksNode: markups point lists of the same length, in corresponding order;
+        the report then has the TRE before and after. modelPath None: the shipped model. refinementIterations
+        None: the engine's default. device: "auto", "cpu", "cuda:N". keepFiles: keep the job's folder.
+        """
+        missing = self.missingInputs(fixedVolumeNode, movingVolumeNode)
+        if missing:
+            raise ValueError(missing)
+        if (fixedLandmarksNode is None) != (movingLandmarksNode is None):
+            raise ValueError(_("Select both landmark lists (fixed and moving), or neither"))
+        if self.isRunning():
+            raise RuntimeError(_("A registration is already running: cancel it first"))
+        if modelPath and not os.path.isfile(modelPath):
+            raise ValueError(_("The model file {path} does not exist").format(path=modelPath))
+
+        workDir = slicer.util.tempDirectory("UnleashRegistration-")
+        log = self._makeLog(workDir, logCallback)
+        try:
+            if installDependencies and not ensureDependencies(workDir):
+                shutil.rmtree(workDir, ignore_errors=True)
+                return None
+            fixedPath, movingPath, landmarksPath = self._exportInputs(
+                workDir, fixedVolumeNode, movingVolumeNode, fixedLandmarksNode, movingLandmarksNode, log)
+            command = register_command(fixedPath, movingPath, os.path.join(workDir, "output"), model=modelPath or None,
+                                       device=device or "auto", adapt_iters=refinementIterations, landmarks=landmarksPath,
+                                       python=pythonExecutable())
+        except Exception:
+            if not keepFiles:
+                shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        log("command: " + " ".join(command))
+
+        context = {"result": None, "error": None}
+
+        def onEvent(event):
+            kind = event.get("event")
+            if kind == "log":
+                log(str(event.get("message", "")))
+            elif kind == "progress" and progressCallback:
+                progressCallback(event)
+            elif kind == "error":
+                log("error: " + str(event.get("message", "")))
+
+        def onLine(stream, line):
+            if stream == "stderr" or line.strip():
+                log(line)
+
+        def onFinished(job):
+            try:
+                if job.error:
+                    context["error"] = job.error
+                    log(f"finished: {job.error}")
+                    return
+                if not job.result:
+                    context["error"] = _("the engine finished without a result")
+                    return
+                result = self._loadResults(job.result, os.path.join(workDir, "output"), fixedVolumeNode, movingVolumeNode,
+                                           gridSpacingMm, showGrid, showJacobian)
+                result.elapsedS = job.elapsedS
+                result.workDir = workDir if keepFiles else None
+                if parameterNode is not None:
+                    parameterNode.forwardTransform = result.forwardTransform
+                    parameterNode.inverseTransform = result.inverseTransform
+                    parameterNode.warpedVolume = result.warpedVolume
+                    parameterNode.jacobianVolume = result.jacobianVolume
+                    parameterNode.lastReport = json.dumps(result.report)
+                context["result"] = result
+                log(f"done in {job.elapsedS:.1f} s")
+            except Exception as exc:  # loading failed: report it like a failed job
+                logging.exception("Unleash: loading the results failed")
+                context["error"] = _("loading the results failed: {error}").format(error=exc)
+            finally:
+                if keepFiles:
+                    log(f"files kept in {workDir}")
+                else:
+                    shutil.rmtree(workDir, ignore_errors=True)
+                if completedCallback:
+                    completedCallback(context["result"], context["error"])
+
+        # self.job is set before the job runs, so that isRunning() and cancel() work while wait=True blocks.
+        self.job = slicerjobs.makeJob(command, cwd=workDir, onEvent=onEvent, onLine=onLine, onFinished=onFinished,
+                                      terminateGraceS=2.0)
+        slicerjobs.runJob(self.job, wait=wait, timeoutS=timeoutS)
+        if not wait:
+            return self.job
+        if context["error"]:
+            raise RuntimeError(context["error"])
+        return context["result"]
+
+    @staticmethod
+    def _makeLog(workDir, logCallback):
+        logFile = os.path.join(workDir, "job.log")
+
+        def log(text):
+            logging.info(f"Unleash: {text}")
+            try:
+                with open(logFile, "a", encoding="utf-8") as handle:
+                    handle.write(text + "\n")
+            except OSError:
+                pass
+            if logCallback:
+                logCallback(text)
+
+        return log
+
+    def _exportInputs(self, workDir, fixedNode, movingNode, fixedLandmarks, movingLandmarks, log):
+        """Write the inputs the engine reads: fixed.nrrd, moving.nrrd, landmarks.csv. Returns their paths."""
+        temporary = []
+        try:
+            fixedPath, fixedVolume = self._exportVolume(fixedNode, os.path.join(workDir, "fixed.nrrd"), temporary)
+            movingPath, movingVolume = self._exportVolume(movingNode, os.path.join(workDir, "moving.nrrd"), temporary)
+            for role, node in (("fixed", fixedNode), ("moving", movingNode)):
+                if node.GetParentTransformNode() is not None:
+                    log(f"note: the {role} node {node.GetName()} is under the transform "
+                        f"{node.GetParentTransformNode().GetName()}; its voxels are registered without that transform")
+            landmarksPath = None
+            if fixedLandmarks is not None and movingLandmarks is not None:
+                # Indices of the exported files (see UnleashCommon/landmarks.py for the coordinate systems).
+                landmarksPath = str(writeLandmarksCsv(os.path.join(workDir, "landmarks.csv"),
+                                                      markupsToIjk(fixedLandmarks, fixedVolume),
+                                                      markupsToIjk(movingLandmarks, movingVolume)))
+            return fixedPath, movingPath, landmarksPath
+        finally:
+            for node in temporary:
+                slicer.mrmlScene.RemoveNode(node)
+
+    @staticmethod
+    def _exportVolume(node, path, temporary):
+        """A volume (or a segmentation as a label map) to an uncompressed NRRD, without touching the node's own
+        storage node. Returns (path, the volume node whose voxel grid was written)."""
+        volume = node
+        if node.IsA("vtkMRMLSegmentationNode"):
+            volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{node.GetName()} (Unleash input)")
+            temporary.append(volume)
+            exported = slicer.modules.segmentations.logic().ExportAllSegmentsToLabelmapNode(
+                node, volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+            if not exported:
+                raise RuntimeError(_("Could not export the segmentation {name} as a label map").format(name=node.GetName()))
+            volume.SetAndObserveTransformNodeID(node.GetTransformNodeID())
+        if volume.GetImageData() is None:
+            raise ValueError(_("{name} has no voxels").format(name=node.GetName()))
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(path)
+        storage.SetUseCompression(False)
+        if not storage.WriteData(volume):
+            raise RuntimeError(_("Could not write {name} to {path}").format(name=node.GetName(), path=path))
+        return path, volume
+
+    def _loadResults(self, resultEvent, outputDir, fixedNode, movingNode, gridSpacingMm, showGrid, showJacobian):
+        files = resultEvent.get("files") or self._defaultFiles(outputDir)
+        report = {key: value for key, value in resultEvent.items() if key not in ("event", "files")}
+        base = f"{movingNode.GetName()} to {fixedNode.GetName()}"
+        movingIsLabels = movingNode.IsA("vtkMRMLLabelMapVolumeNode") or movingNode.IsA("vtkMRMLSegmentationNode")
+
+        # ITK displacement fields; Slicer converts LPS to RAS and keeps the resampling direction, so the forward
+        # field (fixed point -> moving point) is the transform that shows the moving scan on the fixed one.
+        forward = slicer.util.loadTransform(files["displacement"])
+        forward.SetName(slicer.mrmlScene.GenerateUniqueName(f"{base} (Unleash)"))
+        inverse = slicer.util.loadTransform(files["inverse_displacement"])
+        inverse.SetName(slicer.mrmlScene.GenerateUniqueName(f"{base} inverse (Unleash)"))
+        for transform, fixedRole, movingRole in ((forward, fixedNode, movingNode), (inverse, movingNode, fixedNode)):
+            transform.SetNodeReferenceID(slicer.vtkMRMLTransformNode.GetFixedNodeReferenceRole(), fixedRole.GetID())
+            transform.SetNodeReferenceID(slicer.vtkMRMLTransformNode.GetMovingNodeReferenceRole(), movingRole.GetID())
+        movingNode.SetAndObserveTransformNodeID(forward.GetID())  # applied, not hardened
+
+        warped = slicer.util.loadVolume(files["warped_moving"], {"name": slicer.mrmlScene.GenerateUniqueName(
+            f"{movingNode.GetName()} registered"), "labelmap": movingIsLabels, "show": False})
+        jacobian = slicer.util.loadVolume(files["jacobian_determinant"], {"name": slicer.mrmlScene.GenerateUniqueName(
+            f"{base} Jacobian"), "show": False})
+        jacobian.CreateDefaultDisplayNodes()
+        jacobianDisplay = jacobian.GetDisplayNode()
+        jacobianDisplay.SetAndObserveColorNodeID(JACOBIAN_COLOR_NODE_ID)
+        jacobianDisplay.AutoWindowLevelOff()
+        jacobianDisplay.SetWindowLevelMinMax(0.0, 2.0)  # J = 1 (no volume change) in the middle of the colours
+        for node in (forward, inverse, warped, jacobian):
+            node.StorableModified()  # their files are temporary: Save writes them anew
+
+        forward.CreateDefaultDisplayNodes()
+        inverse.CreateDefaultDisplayNodes()
+        inverse.GetDisplayNode().SetVisibility(False)
+        result = UnleashRegistrationResult(forward, inverse, warped, jacobian, report)
+        self._displayState = None
+        self.applyDisplay(result, gridSpacingMm, showGrid, showJacobian)
+        return result
+
+    @staticmethod
+    def _defaultFiles(outputDir) -> dict:
+        """Only when an engine's result event has no file list: the names the engine writes."""
+        from unleash.outputs import FILES  # imports torch: avoided unless needed
+
+        return {key: os.path.join(outputDir, name) for key, name in FILES.items()}
+
+    # -- display ---------------------------------------------------------------------------------------
+
+    def applyDisplay(self, result, gridSpacingMm=15.0, showGrid=True, showJacobian=True) -> None:
+        """Grid in the slice views and the overlay; called after a run and when the display settings change.
+        The fixed and moving nodes are the forward transform's registration references."""
+        forward = result.forwardTransform
+        if forward is None:
+            return
+        fixedNode = forward.GetNodeReference(slicer.vtkMRMLTransformNode.GetFixedNodeReferenceRole())
+        movingNode = forward.GetNodeReference(slicer.vtkMRMLTransformNode.GetMovingNodeReferenceRole())
+        forward.CreateDefaultDisplayNodes()
+        display = forward.GetDisplayNode()
+        display.SetVisualizationMode(slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GRID)
+        display.SetGridSpacingMm(float(gridSpacingMm))
+        # The region limits the grid to the fixed volume (a segmentation has no grid of its own: the Jacobian
+        # volume is on the fixed grid). Slicer uses the region for the 3D grid; in the slice views the grid
+        # covers the slice, and the field is zero outside the fixed volume.
+        region = fixedNode if fixedNode is not None and fixedNode.IsA("vtkMRMLVolumeNode") else result.jacobianVolume
+        if region is not None:
+            display.SetAndObserveRegionNode(region)
+        display.SetVisibility2D(True)
+        display.SetVisibility3D(False)
+        display.SetVisibility(bool(showGrid))
+
+        state = (result.jacobianVolume.GetID() if result.jacobianVolume else None, bool(showJacobian))
+        if state == self._displayState:
+            return  # the slice layers are only set when the overlay choice changes, not on every setting
+        self._displayState = state
+        isScalar = fixedNode is not None and fixedNode.IsA("vtkMRMLScalarVolumeNode")
+        background = fixedNode if isScalar and not fixedNode.IsA("vtkMRMLLabelMapVolumeNode") else "keep-current"
+        if showJacobian and result.jacobianVolume is not None:
+            slicer.util.setSliceViewerLayers(background=background, foreground=result.jacobianVolume, foregroundOpacity=0.4)
+        elif movingNode is not None and movingNode.IsA("vtkMRMLScalarVolumeNode"):
+            slicer.util.setSliceViewerLayers(background=background, foreground=movingNode, foregroundOpacity=0.5)
+
+    def updateDisplay(self, parameterNode) -> None:
+        """Live display settings from the parameter node (grid spacing, grid on/off, overlay)."""
+        if parameterNode.forwardTransform is None or self.isRunning():
+            return
+        self.applyDisplay(self.resultFromParameterNode(parameterNode), parameterNode.gridSpacingMm,
+                          parameterNode.showGrid, parameterNode.showJacobian)
+
+    @staticmethod
+    def resultFromParameterNode(parameterNode):
+        """The last run's nodes and report, as saved in the parameter node (survives a scene save and load)."""
+        try:
+            report = json.loads(parameterNode.lastReport) if parameterNode.lastReport else {}
+        except json.JSONDecodeError:
+            report = {}
+        return UnleashRegistrationResult(parameterNode.forwardTransform, parameterNode.inverseTransform,
+                                         parameterNode.warpedVolume, parameterNode.jacobianVolume, report)
+
+
+#
+# UnleashRegistrationTest
+#
+
+
+class UnleashRegistrationTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer (ctest, or Reload and Test): the logic end to end on SampleData's CTChest."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_missing_inputs_are_named()
+        self.setUp()
+        self.test_landmarks_become_voxel_indices()
+        self.setUp()
+        self.test_register_deformed_ct()
+
+    def test_missing_inputs_are_named(self):
+        logic = UnleashRegistrationLogic()
+        self.assertEqual(logic.missingInputs(None, None), "Select a fixed volume")
+        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        self.assertEqual(logic.missingInputs(volume, None), "Select a moving volume")
+        with self.assertRaises(ValueError):
+            logic.registerVolumes(fixedVolumeNode=volume, movingVolumeNode=None)
+
+    def test_landmarks_become_voxel_indices(self):
+        import numpy as np
+
+        volume = slicer.util.addVolumeFromArray(np.zeros((10, 12, 14), dtype=np.int16))
+        volume.SetSpacing(0.5, 0.7, 2.0)
+        volume.SetOrigin(-20.0, 15.0, 3.0)
+        ijkToRas = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(ijkToRas)
+        points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        expected = [(1.0, 2.0, 3.0), (13.0, 0.0, 9.0)]
+        for ijk in expected:
+            ras = ijkToRas.MultiplyPoint((*ijk, 1.0))[:3]
+            points.AddControlPointWorld(*ras)
+        for got, want in zip(markupsToIjk(points, volume), expected):
+            self.assertTrue(np.allclose(got, want, atol=1e-4), f"{got} != {want}")
+
+    def test_register_deformed_ct(self):
+        import numpy as np
+        import SampleData
+
+        self.delayDisplay("Loading CTChest")
+        fixed = SampleData.downloadSample("CTChest")
+        self.delayDisplay("Making a smoothly deformed copy")
+        moving = slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, fixed, "CTChest deformed")
+        deformation = self._smoothDeformation(fixed, amplitudeMm=6.0)
+        moving.SetAndObserveTransformNodeID(deformation.GetID())
+        slicer.vtkSlicerTransformLogic().hardenTransform(moving)
+        slicer.mrmlScene.RemoveNode(deformation)
+
+        fixedArray = slicer.util.arrayFromVolume(fixed).astype(np.float32)
+        movingArray = slicer.util.arrayFromVolume(moving).astype(np.float32)
+        self.assertEqual(fixedArray.shape, movingArray.shape)
+        before = float(np.abs(movingArray - fixedArray).mean())
+
+        self.delayDisplay("Registering (a few refinement iterations)")
+        logic = UnleashRegistrationLogic()
+        result = logic.registerVolumes(fixedVolumeNode=fixed, movingVolumeNode=moving, refinementIterations=20,
+                                       device="auto", wait=True, timeoutS=3600)
+        self.assertIsNotNone(result)
+        self.assertTrue(result.forwardTransform.IsA("vtkMRMLTransformNode"))
+        self.assertTrue(result.inverseTransform.IsA("vtkMRMLTransformNode"))
+        self.assertEqual(moving.GetTransformNodeID(), result.forwardTransform.GetID())
+        self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(result.warpedVolume.GetID()))
+        self.assertIn("folding_fraction", result.report)
+        display = result.forwardTransform.GetDisplayNode()
+        self.assertEqual(display.GetVisualizationMode(), slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GRID)
+        self.assertTrue(display.GetVisibility2D())
+
+        warpedArray = slicer.util.arrayFromVolume(result.warpedVolume).astype(np.float32)
+        self.assertEqual(warpedArray.shape, fixedArray.shape)
+        after = float(np.abs(warpedArray - fixedArray).mean())
+        self.delayDisplay(f"mean |moving - fixed| {before:.1f} HU, after registration {after:.1f} HU")
+        self.assertLess(after, before)
+
+    @staticmethod
+    def _smoothDeformation(volumeNode, amplitudeMm):
+        """A smooth displacement (sine bumps, zero at the volume's border) as a grid transform node."""
+        import numpy as np
+
+        bounds = [0.0] * 6
+        volumeNode.GetRASBounds(bounds)
+        size = 12
+        grid = vtk.vtkImageData()
+        grid.SetOrigin(bounds[0], bounds[2], bounds[4])
+        grid.SetSpacing(*[(bounds[2 * a + 1] - bounds[2 * a]) / (size - 1) for a in range(3)])
+        grid.SetDimensions(size, size, size)
+        grid.AllocateScalars(vtk.VTK_DOUBLE, 3)
+        transform = slicer.vtkOrientedGridTransform()
+        transform.SetDisplacementGridData(grid)
+        transform.SetInterpolationModeToCubic()
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode", "Unleash test deformation")
+        node.SetAndObserveTransformFromParent(transform)
+        displacement = slicer.util.arrayFromGridTransform(node)  # (k, j, i, 3)
+        k, j, i = np.meshgrid(*[np.linspace(0, np.pi, size)] * 3, indexing="ij")
+        bump = np.sin(i) * np.sin(j) * np.sin(k)
+        displacement[..., 0] = amplitudeMm * bump
+        displacement[..., 1] = 0.5 * amplitudeMm * np.sin(2 * i) * np.sin(j) * np.sin(k)
+        displacement[..., 2] = 0.7 * amplitudeMm * bump
+        slicer.util.arrayFromGridTransformModified(node)
+        return node
