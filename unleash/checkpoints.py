@@ -15,7 +15,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import UserError
+from .models.denoiser import Denoiser, DenoiserConfig
 from .models.registration import RegistrationConfig, TwoStepRegistration
+from .models.sampler import Sampler, SamplerConfig
+from .models.vqae import VQAEConfig, VQAutoEncoder
 
 FORMAT = "unleash-model"
 FORMAT_VERSION = "1"
@@ -23,7 +26,10 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULTS = {"registration": WEIGHTS_DIR / "registration_default.safetensors"}
 
 # kind -> (config class, network class); the only place that knows which network a kind is.
-KINDS = {"registration": (RegistrationConfig, TwoStepRegistration)}
+KINDS = {"registration": (RegistrationConfig, TwoStepRegistration),
+         "vqae": (VQAEConfig, VQAutoEncoder),
+         "denoiser": (DenoiserConfig, Denoiser),
+         "sampler": (SamplerConfig, Sampler)}
 
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, config, card: dict) -> Path:
@@ -36,6 +42,7 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, config, card: di
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata=metadata)
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600; a model file is meant to be shared
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -87,6 +87,70 @@ def cmd_models(args, progress: Progress) -> int:
     return 0
 
 
+def cmd_sample(args, progress: Progress) -> int:
+    from .sample import SampleOptions, sample_files
+
+    options = SampleOptions(model=args.model, schedule=args.schedule, steps=args.steps, temperature=args.temperature,
+                            batch_size=args.batch_size, seed=args.seed, device=args.device, probabilities=args.probabilities)
+    report = sample_files(args.count, args.output, options, progress, args.overwrite)
+    progress.result(**report)
+    if progress.mode != "json":
+        print(f"wrote {report['count']} pairs to {report['output']}/ in {report['seconds']['total']:.1f} s "
+              f"({report['seconds']['per_pair']:.1f} s a pair) on {report['device']}")
+    return 0
+
+
+def cmd_encode(args, progress: Progress) -> int:
+    from .encode import encode_folder
+
+    report = encode_folder(args.folder, args.output, args.model, args.device, progress, args.overwrite)
+    progress.result(**report)
+    if progress.mode != "json":
+        print(f"wrote {report['files']['tokens']} ({len(report['pairs'])} token grids) in {report['seconds']:.1f} s")
+    return 0
+
+
+def _add_sample_parser(commands) -> None:
+    from .sample import DEFAULT_SCHEDULE, DEFAULT_TEMPERATURE, SCHEDULES
+
+    sample = commands.add_parser("sample", help="sample synthetic fixed/moving vessel pairs with a sampler model",
+                                 description="Sample N synthetic pairs of vessel label maps into OUTDIR: "
+                                             "pair_NNNN_fixed.nii.gz and pair_NNNN_moving.nii.gz (uint8, 1 mm, centred "
+                                             "at 0 mm), samples.json and preview.png. OUTDIR can be used directly as "
+                                             "registration training data.")
+    sample.add_argument("-n", "--count", type=int, required=True, metavar="N", help="number of pairs")
+    sample.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    sample.add_argument("--model", help="sampler model file (no default sampler ships in this version)")
+    sample.add_argument("--schedule", choices=list(SCHEDULES), default=DEFAULT_SCHEDULE,
+                        help=f"paper: random unmasking, the reference; maskgit: confidence-ordered, cosine, fewer steps "
+                             f"(default: {DEFAULT_SCHEDULE})")
+    sample.add_argument("--steps", type=int, help="denoiser passes (default: " +
+                        ", ".join(f"{steps} for {name}" for name, steps in SCHEDULES.items()) + ")")
+    sample.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                        help=f"sampling temperature of the token distribution (default: {DEFAULT_TEMPERATURE})")
+    sample.add_argument("--batch-size", type=int, default=8, help="pairs sampled together (default: 8)")
+    sample.add_argument("--probabilities", action="store_true",
+                        help="also write the soft maps pair_NNNN_fixed/moving_probability.nii.gz (float32)")
+    sample.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists and is not empty")
+    _add_common(sample)
+    sample.set_defaults(run=cmd_sample)
+
+
+def _add_encode_parser(commands) -> None:
+    encode = commands.add_parser("encode", help="turn a folder of vessel pairs into token grids with a trained VQ-autoencoder",
+                                 description="Encode each case_NNN_1/_2 or pair_NNNN_fixed/_moving pair of FOLDER into "
+                                             "OUTDIR/tokens.npz (int16 token grids, the denoiser's training data, in the "
+                                             "layout of the paper's token files) and OUTDIR/encode.json (reconstruction Dice).")
+    encode.add_argument("folder")
+    encode.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    encode.add_argument("--model", required=True, help="a 'vqae' model file, or a 'sampler' model file (its VQ-autoencoder)")
+    encode.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists and is not empty")
+    encode.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    encode.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
+                        help="bar: progress on stderr; json: one JSON event per line on stdout (default: bar)")
+    encode.set_defaults(run=cmd_encode)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unleash",
                                      description="Inverse-consistent lung registration and synthetic vessel pairs.")
@@ -130,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("paths", nargs="*")
     models.add_argument("-v", "--verbose", action="store_true")
     models.set_defaults(run=cmd_models, progress="none")
+
+    _add_sample_parser(commands)
+    _add_encode_parser(commands)
     return parser
 
 

@@ -99,6 +99,9 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool):
     path = check_output_dir(path, overwrite)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.resolve().parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; a results folder should read like any other
     except OSError as exc:
         raise UserError(f"{path}: cannot create the output folder ({exc.strerror})") from None
     try:
@@ -134,6 +137,24 @@ def register_command(fixed: str, moving: str, output_dir: str, *, model: str | N
         command += ["--landmarks", str(landmarks)]
     if seed is not None:
         command += ["--seed", str(seed)]
+    if overwrite:
+        command.append("--overwrite")
+    return command
+
+
+def sample_command(output_dir: str, count: int, *, model: str | None = None, schedule: str | None = None,
+                   steps: int | None = None, temperature: float | None = None, batch_size: int | None = None,
+                   probabilities: bool = False, device: str = "auto", seed: int | None = None, overwrite: bool = True,
+                   python: str | None = None) -> list[str]:
+    """The exact command line of a sampling job, as the UnleashSampler module runs it."""
+    command = unleash_command(python) + ["sample", "-n", str(count), "-o", str(output_dir),
+                                         "--device", device, "--progress", "json"]
+    for flag, value in (("--model", model), ("--schedule", schedule), ("--steps", steps),
+                        ("--temperature", temperature), ("--batch-size", batch_size), ("--seed", seed)):
+        if value is not None:
+            command += [flag, str(value)]
+    if probabilities:
+        command.append("--probabilities")
     if overwrite:
         command.append("--overwrite")
     return command

@@ -1,0 +1,94 @@
+"""The VQ-autoencoder that turns a fixed+moving vessel pair into a grid of discrete tokens and back.
+
+A MONAI AutoEncoder with 2 input channels (fixed, moving occupancy) and 4 output channels (two
+2-class softmaxes: fixed background/vessel, moving background/vessel); between encoder and decoder
+each latent vector is replaced by its nearest codebook entry, whose index is the token.
+
+Axis order: the paper's. Volumes are tensors (N, C, I, J, K) in nibabel (i, j, k) order, so a token
+grid (N, I/16, J/16, K/16) has the axes of the paper's token files: (16, 13, 16) <-> (256, 208, 256).
+The engine's Volume arrays are [k, j, i]; callers transpose (see sample.py and encode.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import from_dict_strict
+
+COMMITMENT = 0.25  # beta of the VQ loss (van den Oord et al.; the paper's value)
+
+
+@dataclass
+class VQAEConfig:
+    kind: str = "vqae"
+    channels: list[int] = field(default_factory=lambda: [48, 48, 64, 64, 128, 192, 256, 384])
+    strides: list[int] = field(default_factory=lambda: [1, 2, 1, 2, 1, 2, 1, 2])
+    codebook_size: int = 1024  # the code vectors have channels[-1] (384) dimensions
+    volume_shape_ijk: list[int] = field(default_factory=lambda: [256, 208, 256])
+    spacing_mm: float = 1.0
+
+    def __post_init__(self):
+        if len(self.channels) != len(self.strides):
+            raise ValueError("the VQ-AE needs one stride per channel entry")
+        if any(n % self.downsampling for n in self.volume_shape_ijk):
+            raise ValueError(f"volume shape {self.volume_shape_ijk} is not divisible by {self.downsampling}")
+
+    @property
+    def downsampling(self) -> int:
+        return math.prod(self.strides)
+
+    @property
+    def token_shape_ijk(self) -> list[int]:
+        return [n // self.downsampling for n in self.volume_shape_ijk]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(values: dict) -> VQAEConfig:
+        return from_dict_strict(VQAEConfig, values, "vqae")
+
+
+class VQAutoEncoder(nn.Module):
+    """pair (N, 2, I, J, K) in {0, 1} <-> tokens (N, I/s, J/s, K/s) in 0..codebook_size-1 -> logits (N, 4, I, J, K)."""
+
+    def __init__(self, config: VQAEConfig):
+        super().__init__()
+        # imported here: registration never needs MONAI, and importing it costs seconds
+        from monai.networks.nets import AutoEncoder
+
+        self.config = config
+        self.autoencoder = AutoEncoder(spatial_dims=3, in_channels=2, out_channels=4,
+                                       channels=config.channels, strides=config.strides)
+        self.codebook = nn.Embedding(config.codebook_size, config.channels[-1])
+        nn.init.uniform_(self.codebook.weight, -1 / config.codebook_size, 1 / config.codebook_size)
+
+    def nearest_codes(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (N, C, i, j, k) -> tokens (N, i, j, k): the index of the nearest code vector (L2)."""
+        z = latents.float().movedim(1, -1)
+        codes = self.codebook.weight.float()
+        distance = (z * z).sum(-1, keepdim=True) - 2 * z @ codes.T + (codes * codes).sum(-1)
+        return distance.argmin(-1)
+
+    def codes(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (N, i, j, k) -> quantised latents (N, C, i, j, k)."""
+        return self.codebook(tokens.long()).movedim(-1, 1)
+
+    def encode(self, pair: torch.Tensor) -> torch.Tensor:
+        return self.nearest_codes(self.autoencoder.encode(pair))
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(self.codes(tokens))
+
+    def forward(self, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass: (logits (N, 4, I, J, K), VQ loss); the decoder's gradient reaches the
+        encoder straight through the quantisation."""
+        latents = self.autoencoder.encode(pair)
+        quantised = self.codes(self.nearest_codes(latents)).to(latents.dtype)
+        vq_loss = F.mse_loss(quantised, latents.detach()) + COMMITMENT * F.mse_loss(latents, quantised.detach())
+        logits = self.autoencoder.decode(latents + (quantised - latents).detach())
+        return logits, vq_loss
