@@ -30,6 +30,7 @@ class Progress:
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
         self._stage_started: dict[str, float] = {}
+        self._last_draw = 0.0
 
     def emit(self, event: str, **fields) -> None:
         if self.mode == "json":
@@ -52,6 +53,9 @@ class Progress:
             self.emit("progress", stage=stage, step=step, total=total, fraction=round(fraction, 4),
                       eta_s=None if eta is None else round(eta, 1), **extra)
         elif self.mode == "bar":
+            if step < total and now - self._last_draw < 0.25:  # a log file should not get a line per step
+                return
+            self._last_draw = now
             filled = int(30 * fraction)
             tail = f" {eta:5.0f} s left" if eta else ""
             end = "\n" if step >= total else ""
