@@ -27,7 +27,7 @@ from slicer.util import VTKObservationMixin
 from UnleashCommon import slicerjobs
 
 ENGINE_COMMAND = "sample"
-SCHEDULES = ["cosine", "linear"]
+SCHEDULES = ["maskgit", "paper"]  # the engine's names (unleash.sample.SCHEDULES)
 
 #
 # UnleashSampler
@@ -58,7 +58,7 @@ See <a href="https://github.com/unleash-registration/UnleashRegistration/blob/ma
 @parameterNodeWrapper
 class UnleashSamplerParameterNode:
     numberOfPairs: Annotated[int, WithinRange(1, 10000)] = 4
-    schedule: Annotated[str, Choice(SCHEDULES)] = "cosine"
+    schedule: Annotated[str, Choice(SCHEDULES)] = "maskgit"
     steps: Annotated[int, WithinRange(1, 5000)] = 50
     temperature: Annotated[float, WithinRange(0.0, 2.0)] = 1.0
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
@@ -193,7 +193,7 @@ class UnleashSamplerLogic(ScriptedLoadableModuleLogic):
         return _("The engine has 'unleash sample', but this version of the Unleash Sampler module cannot run it yet: "
                  "update the UnleashRegistration extension.")
 
-    def samplePairs(self, numberOfPairs=4, schedule="cosine", steps=50, temperature=1.0, seed=0, device="auto",
+    def samplePairs(self, numberOfPairs=4, schedule="maskgit", steps=32, temperature=0.9, seed=0, device="auto",
                     outputFolder=None, loadIntoScene=True, wait=True):
         """Planned: generate `numberOfPairs` synthetic pairs into `outputFolder`. Raises NotImplementedError with the
         reason while the engine (or this module) cannot run `unleash sample`."""
