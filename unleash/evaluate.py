@@ -10,7 +10,7 @@ import numpy as np
 
 from .datasets import find_pairs
 from .errors import UserError
-from .jobs import Progress, atomic_output_dir, check_output_dir
+from .jobs import Progress, atomic_output_dir
 from .pipeline import RegisterOptions, register_files
 
 COLUMNS = ["case", "landmarks", "tre_before_mean", "tre_mean", "tre_p25", "tre_p50", "tre_p75",
@@ -43,7 +43,6 @@ def overall(rows: list[dict], errors_before: list[np.ndarray], errors_after: lis
 def evaluate_folder(folder, output_dir, options: RegisterOptions, progress: Progress, landmarks_folder=None,
                     overwrite: bool = False, limit: int | None = None) -> dict:
     pairs = find_pairs(folder, landmarks_folder)[:limit]
-    check_output_dir(output_dir, overwrite)
     rows, before, after = [], [], []
     with atomic_output_dir(output_dir, overwrite) as staging, tempfile.TemporaryDirectory() as scratch:
         for index, files in enumerate(pairs):

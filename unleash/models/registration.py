@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import fields
+from .config import from_dict_strict
 
 
 @dataclass
@@ -41,11 +42,7 @@ class RegistrationConfig:
 
     @staticmethod
     def from_dict(values: dict) -> RegistrationConfig:
-        known = set(RegistrationConfig.__dataclass_fields__)
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown registration config keys: {sorted(unknown)}")
-        return RegistrationConfig(**values)
+        return from_dict_strict(RegistrationConfig, values, "registration")
 
 
 def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
