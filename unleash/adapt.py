@@ -8,7 +8,7 @@ import torch
 
 from . import workgrid
 from .models.registration import TwoStepRegistration
-from .train.registration import RegistrationTraining, registration_loss
+from .train.registration import RegistrationTask, registration_loss
 
 
 def adapt(network: TwoStepRegistration, fixed_occupancy: torch.Tensor, moving_occupancy: torch.Tensor,
@@ -19,9 +19,9 @@ def adapt(network: TwoStepRegistration, fixed_occupancy: torch.Tensor, moving_oc
     b, _ = workgrid.resample_box(moving_occupancy, config.spacing_mm, config.lattice_mm)
     tuned = copy.deepcopy(network).train()
     optimiser = torch.optim.Adam(tuned.parameters(), lr=learning_rate)
-    settings = RegistrationTraining()
+    settings = RegistrationTask()
     for step in range(iterations):
-        loss, _ = registration_loss(tuned, a, b, settings)
+        loss = registration_loss(tuned, a, b, settings, config.lattice_mm)[0]
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

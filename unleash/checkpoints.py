@@ -33,12 +33,18 @@ KINDS = {"registration": (RegistrationConfig, TwoStepRegistration),
 
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, config, card: dict) -> Path:
-    """Write atomically: a half-written model file never replaces a good one."""
-    path = Path(path)
+    """Write a model file atomically: a half-written model file never replaces a good one."""
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "config": json.dumps(config.to_dict()), "card": json.dumps(card)}
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
-    handle, temporary = tempfile.mkstemp(prefix=".model-", suffix=".tmp", dir=path.parent)
+    return write_safetensors(path, model.state_dict(), metadata)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Tensors + string metadata to `path` through a temporary file in the same folder, so that a
+    crash or a full disk during the write leaves whatever was at `path` as it was."""
+    path = Path(path)
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata=metadata)

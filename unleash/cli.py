@@ -110,6 +110,53 @@ def cmd_encode(args, progress: Progress) -> int:
     return 0
 
 
+def cmd_train(args, progress: Progress) -> int:
+    from .train.run import TrainOptions, train_command
+
+    options = TrainOptions(kind=args.kind, data=args.data or [], validation=args.val or [], out=args.out, resume=args.resume,
+                           config=args.config, iterations=args.iterations, batch_size=args.batch_size,
+                           learning_rate=args.lr, seed=args.seed, device=args.device, vqae=args.vqae)
+    summary = train_command(options, progress)
+    if summary.pop("rank"):
+        return 0  # the other processes of a torchrun job: rank 0 reports
+    if summary["stopped"]:
+        if progress.mode != "json":
+            print(f"stopped at step {summary['step']}/{summary['total']}; continue with: "
+                  f"unleash train {args.kind} --resume {summary['run']}")
+        return 0
+    progress.result(**summary)
+    if progress.mode != "json":
+        print(f"trained {args.kind} for {summary['step']} steps in {summary['seconds']:.0f} s: {summary['model']}")
+    return 0
+
+
+def _add_train_parser(commands) -> None:
+    train = commands.add_parser(
+        "train", help="train the registration network, the VQ-autoencoder or the denoiser",
+        description="Train a model into RUNDIR (config.json, metrics.csv, checkpoints/, previews/, best.safetensors, "
+                    "model.safetensors). SIGINT/SIGTERM saves a resumable checkpoint and exits 0; continue with --resume. "
+                    "Several GPUs or machines: torchrun --nproc_per_node N -m unleash train ...")
+    train.add_argument("kind", choices=["registration", "vqae", "denoiser"])
+    train.add_argument("--data", action="append", metavar="DIR[:WEIGHT]",
+                       help="folder of case_NNN_1/_2 or pair_NNNN_fixed/_moving pairs (denoiser: a tokens.npz file or a "
+                            "folder holding one); repeat to mix sources, sampled in proportion to WEIGHT (default 1)")
+    train.add_argument("--val", action="append", metavar="DIR",
+                       help="held-out pairs (registration: with DIR_landmarks/ for TRE) or token file; repeatable")
+    train.add_argument("--out", metavar="RUNDIR", help="a new (or empty) run folder")
+    train.add_argument("--resume", metavar="RUNDIR", help="continue a stopped run from its last checkpoint")
+    train.add_argument("--config", metavar="FILE", help="JSON with any of the sections model, training, task")
+    train.add_argument("--iterations", type=int, help="training steps (on --resume: a new, higher total)")
+    train.add_argument("--batch-size", type=int, help="the global batch (split over torchrun processes)")
+    train.add_argument("--lr", type=float, help="peak learning rate")
+    train.add_argument("--vqae", metavar="FILE", help="denoiser only: the VQ-AE (or sampler) model file whose tokens it "
+                                                      "learns; the result is then a sampler model for `unleash sample`")
+    train.add_argument("--seed", type=int, help="random seed (default: 0)")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    train.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
+                       help="bar: progress on stderr; json: one JSON event per line on stdout (default: bar)")
+    train.set_defaults(run=cmd_train)
+
+
 def _add_sample_parser(commands) -> None:
     from .sample import DEFAULT_SCHEDULE, DEFAULT_TEMPERATURE, SCHEDULES
 
@@ -197,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_sample_parser(commands)
     _add_encode_parser(commands)
+    _add_train_parser(commands)
     return parser
 
 

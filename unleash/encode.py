@@ -65,7 +65,8 @@ def load_vqae(path: str | None, device: torch.device) -> VQAutoEncoder:
     return load_model(path, "vqae", device)[0]
 
 
-def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
+def dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Dice overlap of two binary tensors (1 when both are empty)."""
     total = float(a.sum() + b.sum())
     return 2 * float((a * b).sum()) / total if total else 1.0
 
@@ -93,8 +94,8 @@ def encode_folder(folder, output_dir, model: str | None, device_name: str, progr
         tokens.append(grid_tokens[0].cpu().numpy().astype(np.int16))
         rows.append({"name": files.name, "fixed": str(files.fixed), "moving": str(files.moving), "grid": grid.to_json(),
                      "vessels_kept": {"fixed": round(fixed_kept, 4), "moving": round(moving_kept, 4)},
-                     "reconstruction_dice": {"fixed": round(_dice(logits[0, 1] > logits[0, 0], pair[0, 0]), 4),
-                                             "moving": round(_dice(logits[0, 3] > logits[0, 2], pair[0, 1]), 4)}})
+                     "reconstruction_dice": {"fixed": round(dice(logits[0, 1] > logits[0, 0], pair[0, 0]), 4),
+                                             "moving": round(dice(logits[0, 3] > logits[0, 2], pair[0, 1]), 4)}})
         progress.progress("encoding", index + 1, len(pairs))
     report = {"version": __version__, "folder": str(folder), "device": describe(device),
               "model": {"id": model_id(model, "vqae"), "path": str(model)},

@@ -32,5 +32,7 @@ def gaussian_blur(image: torch.Tensor, sigma_vox: float) -> torch.Tensor:
 
 def occupancy_mse(warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared difference normalised by the target's energy, so that its scale does not depend
-    on how much of the volume the vessels fill (about 2 %)."""
-    return (warped - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-8)
+    on how much of the volume the vessels fill (about 2 %). Per sample, then averaged over the batch:
+    a batch's loss is then the mean of its samples' losses, however the batch is split over processes."""
+    dims = tuple(range(1, target.ndim))
+    return ((warped - target).pow(2).mean(dims) / target.pow(2).mean(dims).clamp_min(1e-8)).mean()

@@ -49,12 +49,15 @@ def percentiles(errors_mm: np.ndarray) -> dict:
             "p75": round(float(p75), 3), "max": round(float(errors_mm.max()), 3), "count": int(errors_mm.size)}
 
 
-def landmark_errors_mm(pair: PreparedPair, forward_lps_mm: np.ndarray | None, landmarks_csv) -> np.ndarray:
-    """||x_f + u(x_f) - x_m|| per landmark; with no field, the initial misalignment ||x_f - x_m||."""
+def landmark_errors_mm(pair: PreparedPair, forward_lps_mm: np.ndarray | None, landmarks_csv, field_grid=None) -> np.ndarray:
+    """||x_f + u(x_f) - x_m|| per landmark; with no field, the initial misalignment ||x_f - x_m||.
+    The field lies on the fixed scan's grid unless `field_grid` says otherwise (e.g. the work grid)."""
     fixed_ijk, moving_ijk = read_landmarks(landmarks_csv)
     fixed_lps = pair.fixed.grid.index_to_physical(fixed_ijk)
     moving_lps = pair.moving.grid.index_to_physical(moving_ijk)
-    mapped = fixed_lps if forward_lps_mm is None else fixed_lps + displacement_at(forward_lps_mm, pair.fixed.grid, fixed_lps)
+    if forward_lps_mm is None:
+        return np.linalg.norm(fixed_lps - moving_lps, axis=1)
+    mapped = fixed_lps + displacement_at(forward_lps_mm, field_grid or pair.fixed.grid, fixed_lps)
     return np.linalg.norm(mapped - moving_lps, axis=1)
 
 

@@ -4,52 +4,45 @@ The loss flows through the whole composition sqrt(phi1) o psi o sqrt(phi1), so t
 learns what helps the second (the paper trained its steps greedily with detached inputs).
 Loss: blurred-occupancy mismatch in both directions at two blurs, plus a diffusion penalty on
 both displacements in mm. Augmentation: an independent random affine per scan, which adds
-large, varied misalignments to the few real pairs.
+large, varied misalignments to the few real pairs. Validation: the network's landmark error
+(TRE) on held-out pairs when they have landmarks, else their loss.
 """
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .. import fields, workgrid
-from ..datasets import find_pairs
-from ..geometry import read_volume
+from ..jobs import Progress
 from ..losses import gaussian_blur, occupancy_mse
 from ..models.registration import RegistrationConfig, TwoStepRegistration
-from ..register import prepare_pair
+from ..outputs import landmark_errors_mm
+from ..register import network_fields, prepare_pair
+from .data import Mixture, Source, pair_files, read_pair
+from .previews import coronal_projection, pair_panels_png
 
 
 @dataclass
-class RegistrationTraining:
-    iterations: int = 600
-    learning_rate: float = 1e-3
-    warmup: int = 30
+class RegistrationTask:
+    """The registration loss and augmentation (`task` in a run config)."""
+
     regularisation: float = 1.0
     blur_lattice_vox: list[float] = field(default_factory=lambda: [2.0, 1.0])
     rotation_deg: float = 6.0
     scaling: float = 0.06
     translation_mm: float = 8.0
-    gradient_clip: float = 1.0
-    seed: int = 0
 
 
-def load_occupancies(folders: list[str], config: RegistrationConfig) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, fixed, moving) lattice occupancies (1, 1, d, h, w) of every pair in `folders`."""
-    pairs = []
-    for folder in folders:
-        for files in find_pairs(folder):
-            prepared = prepare_pair(read_volume(files.fixed), read_volume(files.moving), config, inputs="vessels")
-            a, _ = workgrid.resample_box(prepared.fixed_occupancy, config.spacing_mm, config.lattice_mm)
-            b, _ = workgrid.resample_box(prepared.moving_occupancy, config.spacing_mm, config.lattice_mm)
-            pairs.append((files.name, a, b))
-    return pairs
+# the `training` defaults of a registration run: what the shipped model was trained with
+TRAINING_DEFAULTS = {"iterations": 1500, "batch_size": 1, "learning_rate": 1e-3, "warmup": 30,
+                     "validate_every": 250, "checkpoint_every": 100}
 
 
-def random_affine_mm(shape_dhw, spacing_mm: float, settings: RegistrationTraining, rng: np.random.Generator) -> torch.Tensor:
+def random_affine_mm(shape_dhw, spacing_mm: float, settings: RegistrationTask, rng: np.random.Generator,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
     """Displacement (1, 3, D, H, W) in mm of a random affine map about the box centre."""
     angles = np.deg2rad(rng.uniform(-settings.rotation_deg, settings.rotation_deg, 3))
     rotation = np.eye(3)
@@ -61,16 +54,18 @@ def random_affine_mm(shape_dhw, spacing_mm: float, settings: RegistrationTrainin
         rotation = rotation @ r
     matrix = rotation @ np.diag(1 + rng.uniform(-settings.scaling, settings.scaling, 3)) - np.eye(3)
     shift = rng.uniform(-settings.translation_mm, settings.translation_mm, 3)
-    axes = [(torch.arange(n, dtype=torch.float32) - (n - 1) / 2) * spacing_mm for n in shape_dhw]
+    axes = [(torch.arange(n, dtype=torch.float32, device=device) - (n - 1) / 2) * spacing_mm for n in shape_dhw]
     z, y, x = torch.meshgrid(*axes, indexing="ij")
     xyz = torch.stack([x, y, z], 0).reshape(3, -1)
-    u = torch.from_numpy(matrix.astype(np.float32)) @ xyz + torch.from_numpy(shift.astype(np.float32))[:, None]
+    u = torch.as_tensor(matrix, dtype=torch.float32, device=device) @ xyz \
+        + torch.as_tensor(shift, dtype=torch.float32, device=device)[:, None]
     return u.reshape(1, 3, *shape_dhw)
 
 
-def registration_loss(network: TwoStepRegistration, a: torch.Tensor, b: torch.Tensor, settings: RegistrationTraining):
-    """Symmetric blurred-occupancy mismatch + diffusion penalty; returns (loss, similarity)."""
-    spacing = network.config.lattice_mm
+def registration_loss(network: TwoStepRegistration, a: torch.Tensor, b: torch.Tensor, settings: RegistrationTask,
+                      spacing: float):
+    """Symmetric blurred-occupancy mismatch + diffusion penalty of lattices (N, 1, D, H, W) with
+    `spacing` mm; returns (loss, similarity, smoothness)."""
     forward, inverse = network(a, b)
     similarity = a.new_zeros(())
     for sigma in settings.blur_lattice_vox:
@@ -78,44 +73,85 @@ def registration_loss(network: TwoStepRegistration, a: torch.Tensor, b: torch.Te
         similarity = similarity + occupancy_mse(fields.warp(b_s, forward, spacing), a_s) \
             + occupancy_mse(fields.warp(a_s, inverse, spacing), b_s)
     smoothness = fields.diffusion_penalty(forward, spacing) + fields.diffusion_penalty(inverse, spacing)
-    return similarity + settings.regularisation * smoothness, similarity
+    return similarity + settings.regularisation * smoothness, similarity, smoothness
 
 
-def learning_rate_at(step: int, settings: RegistrationTraining) -> float:
-    """Linear warm-up, then cosine decay to 5 % of the peak."""
-    if step < settings.warmup:
-        return settings.learning_rate * (step + 1) / settings.warmup
-    progress = (step - settings.warmup) / max(1, settings.iterations - settings.warmup)
-    return settings.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+def _lattices(pair, config: RegistrationConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
+    a, _ = workgrid.resample_box(pair.fixed_occupancy, config.spacing_mm, config.lattice_mm)
+    b, _ = workgrid.resample_box(pair.moving_occupancy, config.spacing_mm, config.lattice_mm)
+    return a.to(device), b.to(device)
 
 
-def train(pairs, config: RegistrationConfig, settings: RegistrationTraining, network: TwoStepRegistration | None = None,
-          on_step=None) -> TwoStepRegistration:
-    """Plain loop over random (pair, direction, augmentation) draws, batch 1."""
-    torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    network = network or TwoStepRegistration(config)
-    network.train()
-    optimiser = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
-    for step in range(settings.iterations):
-        _, a, b = pairs[rng.integers(len(pairs))]
+class RegistrationTrainer:
+    """The registration task for the shared loop (loop.py)."""
+
+    kind = "registration"
+    loss_parts = ["similarity", "smoothness"]
+
+    def __init__(self, config: RegistrationConfig, settings: RegistrationTask, sources: list[Source],
+                 validation: list[Source], device: torch.device, progress: Progress):
+        self.model_config, self.settings, self.device = config, settings, device
+        groups, self.names = [], []
+        for source, pairs in zip(sources, pair_files(sources)):
+            progress.log(f"reading {len(pairs)} training pairs from {source.path}")
+            groups.append([_lattices(prepare_pair(*read_pair(files), config, inputs="vessels"), config, device)
+                           for files in pairs])
+            self.names += [files.name for files in pairs]
+        self.data = Mixture(groups, [source.weight for source in sources])
+        self.validation = []  # (name, prepared pair, landmark csv or None)
+        for pairs in pair_files(validation):
+            progress.log(f"reading {len(pairs)} validation pairs")
+            self.validation += [(files.name, prepare_pair(*read_pair(files), config, inputs="vessels"), files.landmarks)
+                                for files in pairs]
+        has_landmarks = bool(self.validation) and all(csv is not None for _, _, csv in self.validation)
+        self.metric = ("tre_mm" if has_landmarks else "validation_loss") if self.validation else None
+        self.higher_is_better = False
+        self.validation_columns = ["tre_mm", "tre_before_mm"] if has_landmarks else ["validation_loss"]
+
+    def network(self) -> TwoStepRegistration:
+        return TwoStepRegistration(self.model_config)
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        """A training pair in a random direction, each scan under its own random affine map."""
+        a, b = self.data.draw(rng)
         if rng.random() < 0.5:
             a, b = b, a
-        shape = a.shape[2:]
-        a = fields.warp(a, random_affine_mm(shape, config.lattice_mm, settings, rng), config.lattice_mm)
-        b = fields.warp(b, random_affine_mm(shape, config.lattice_mm, settings, rng), config.lattice_mm)
-        for group in optimiser.param_groups:
-            group["lr"] = learning_rate_at(step, settings)
-        start = time.perf_counter()
-        loss, similarity = registration_loss(network, a, b, settings)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), settings.gradient_clip)
-        optimiser.step()
-        if on_step is not None:
-            on_step(step + 1, settings.iterations, loss.item(), similarity.item(), time.perf_counter() - start)
-    return network.eval()
+        spacing = self.model_config.lattice_mm
+        a = fields.warp(a, random_affine_mm(a.shape[2:], spacing, self.settings, rng, self.device), spacing)
+        b = fields.warp(b, random_affine_mm(b.shape[2:], spacing, self.settings, rng, self.device), spacing)
+        return {"fixed": a, "moving": b}
 
+    def loss(self, network, batch: dict):
+        loss, similarity, smoothness = registration_loss(network, batch["fixed"], batch["moving"], self.settings,
+                                                         self.model_config.lattice_mm)
+        return loss, {"similarity": similarity, "smoothness": smoothness}
 
-def settings_dict(settings: RegistrationTraining) -> dict:
-    return asdict(settings)
+    @torch.no_grad()
+    def validate(self, network: TwoStepRegistration) -> dict:
+        network.eval()
+        if self.metric == "validation_loss":
+            losses = [registration_loss(network, *_lattices(pair, self.model_config, self.device), self.settings,
+                                        self.model_config.lattice_mm)[0].item() for _, pair, _ in self.validation]
+            return {"validation_loss": float(np.mean(losses))}
+        before, after = [], []
+        for _, pair, csv in self.validation:
+            forward, _ = network_fields(network, pair.fixed_occupancy.to(self.device), pair.moving_occupancy.to(self.device))
+            after.append(landmark_errors_mm(pair, forward[0].float().cpu().numpy(), csv, field_grid=pair.grid))
+            before.append(landmark_errors_mm(pair, None, csv))
+        return {"tre_mm": float(np.concatenate(after).mean()), "tre_before_mm": float(np.concatenate(before).mean())}
+
+    @torch.no_grad()
+    def preview(self, network: TwoStepRegistration, path) -> None:
+        """Coronal projections of a validation (else training) pair before and after warping."""
+        network.eval()
+        a, b = _lattices(self.validation[0][1], self.model_config, self.device) if self.validation \
+            else self.data.groups[0][0]
+        forward, _ = network(a, b)
+        warped = fields.warp(b, forward, self.model_config.lattice_mm)
+        fixed = coronal_projection(a[0, 0])
+        pair_panels_png(path, [("before", fixed, coronal_projection(b[0, 0])),
+                               ("after", fixed, coronal_projection(warped[0, 0]))],
+                        "fixed (magenta) and moving (green)")
+
+    def card(self) -> dict:
+        return {"trained_on": self.names, "validated_on": [name for name, _, _ in self.validation]}

@@ -1,0 +1,101 @@
+"""The run folder: everything a training run writes, in one place that `--resume` reads back.
+
+    RUNDIR/config.json                 the whole configuration (kind, model, training, task, data)
+    RUNDIR/metrics.csv                 one row per step: losses, learning rate, speed, validation
+    RUNDIR/checkpoints/last.safetensors  the resumable state (state.py)
+    RUNDIR/best.safetensors            model file of the best validation so far
+    RUNDIR/model.safetensors           the final model file (what --model takes)
+    RUNDIR/previews/step_NNNNNN.png
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from ..errors import UserError
+
+CONFIG = "config.json"
+
+
+def check_new_run_dir(path: str | os.PathLike) -> Path:
+    """A run starts in a new or empty folder under a writable parent; checked before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        hint = " (continue it with --resume)" if (path / CONFIG).is_file() else ""
+        raise UserError(f"{path}: exists and is not empty{hint}; a new run needs a new folder")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"{parent}: the run folder's parent does not exist")
+    target = path if path.is_dir() else parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise UserError(f"{target}: is not writable")
+    return path
+
+
+def read_run_config(path: str | os.PathLike) -> dict:
+    config_path = Path(path) / CONFIG
+    if not config_path.is_file():
+        raise UserError(f"{path}: not a training run folder (no {CONFIG})")
+    try:
+        return json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{config_path}: damaged ({exc})") from None
+
+
+class Metrics:
+    """RUNDIR/metrics.csv, a row per step, flushed as it goes (a plot can follow a live run)."""
+
+    def __init__(self, path: Path, columns: list[str], keep_until_step: int | None):
+        self.path = path
+        self.columns = columns
+        kept = []
+        if keep_until_step is not None and path.is_file():
+            # steps after the resumed checkpoint were not kept: they are about to be run again
+            with open(path, newline="") as handle:
+                kept = [row for row in csv.DictReader(handle) if int(row["step"]) <= keep_until_step]
+        temporary = path.with_name(f".{path.name}.tmp")
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, columns, restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+        os.replace(temporary, path)
+        self._handle = open(path, "a", newline="")
+        self._writer = csv.DictWriter(self._handle, columns, restval="", extrasaction="ignore")
+
+    def write(self, row: dict) -> None:
+        self._writer.writerow({key: f"{value:.6g}" if isinstance(value, float) else value for key, value in row.items()})
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class RunFolder:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.last_state = self.path / "checkpoints" / "last.safetensors"
+        self.best_model = self.path / "best.safetensors"
+        self.final_model = self.path / "model.safetensors"
+        self.metrics: Metrics | None = None
+
+    @staticmethod
+    def create(path: Path, config: dict) -> RunFolder:
+        try:
+            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (path / "previews").mkdir(exist_ok=True)
+            temporary = path / f".{CONFIG}.tmp"
+            temporary.write_text(json.dumps(config, indent=2) + "\n")
+            os.replace(temporary, path / CONFIG)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot create the run folder ({exc.strerror})") from None
+        return RunFolder(path)
+
+    def open_metrics(self, columns: list[str], resumed_step: int | None) -> None:
+        self.metrics = Metrics(self.path / "metrics.csv", columns, resumed_step)
+
+    def preview_path(self, step: int) -> Path:
+        return self.path / "previews" / f"step_{step:06d}.png"

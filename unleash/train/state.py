@@ -1,0 +1,98 @@
+"""Resumable training checkpoints: weights, optimiser, gradient scaler and step in one safetensors
+file, written atomically (checkpoints.write_safetensors), so a crash during a write leaves the
+last good checkpoint intact.
+
+The optimiser's and scaler's state dicts are nested dicts and lists of tensors and plain values.
+They are split into the tensors (stored as tensors) and a JSON skeleton that names them, so that
+loading never unpickles anything. Random states need no saving: every step draws its samples and
+its dropout from generators seeded by (seed, step, rank), so step s is the same whether the run
+reached it in one go or through a resume.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..checkpoints import write_safetensors
+from ..errors import UserError
+
+FORMAT = "unleash-training-state"
+FORMAT_VERSION = "1"
+
+
+def _pack(value, tensors: dict, name: str):
+    """A JSON-able skeleton of `value`; its tensors go into `tensors` under dotted names."""
+    if isinstance(value, torch.Tensor):
+        tensors[name] = value
+        return {"tensor": name}
+    if isinstance(value, dict):
+        # keys are ints (optimiser parameter ids) or strings; JSON keeps only strings, so keep the type
+        return {"dict": [[key, _pack(item, tensors, f"{name}.{key}")] for key, item in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return {"list" if isinstance(value, list) else "tuple": [_pack(item, tensors, f"{name}.{i}") for i, item in enumerate(value)]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"value": value}
+    raise TypeError(f"cannot store a {type(value).__name__} in a training checkpoint ({name})")
+
+
+def _unpack(skeleton, tensors: dict):
+    (tag, content), = skeleton.items()
+    if tag == "tensor":
+        return tensors[content]
+    if tag == "dict":
+        return {key: _unpack(item, tensors) for key, item in content}
+    if tag == "list":
+        return [_unpack(item, tensors) for item in content]
+    if tag == "tuple":
+        return tuple(_unpack(item, tensors) for item in content)
+    if tag == "value":
+        return content
+    raise ValueError(f"unknown entry {tag!r}")
+
+
+@dataclass
+class TrainingState:
+    """What a resumed run needs: the step reached, the weights and the optimiser and scaler states."""
+
+    step: int
+    model: dict
+    optimiser: dict
+    scaler: dict | None
+    best: dict | None  # {"metric": name, "value": float, "step": int} of the best validation so far
+
+
+def save_state(path: str | os.PathLike, kind: str, state: TrainingState) -> Path:
+    tensors: dict[str, torch.Tensor] = {f"model.{name}": t for name, t in state.model.items()}
+    skeleton = {"optimiser": _pack(state.optimiser, tensors, "optimiser"),
+                "scaler": _pack(state.scaler, tensors, "scaler")}
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "step": str(state.step),
+                "skeleton": json.dumps(skeleton), "best": json.dumps(state.best)}
+    return write_safetensors(path, tensors, metadata)
+
+
+def load_state(path: str | os.PathLike, kind: str) -> TrainingState:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no training checkpoint to resume from")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable training checkpoint ({exc})") from None
+    if metadata.get("format") != FORMAT:
+        raise UserError(f"{path}: not an unleash training checkpoint")
+    if metadata.get("kind") != kind:
+        raise UserError(f"{path}: is a checkpoint of a {metadata.get('kind')!r} run, not of a {kind!r} run")
+    try:
+        skeleton = json.loads(metadata["skeleton"])
+        model = {name[len("model."):]: t for name, t in tensors.items() if name.startswith("model.")}
+        return TrainingState(int(metadata["step"]), model, _unpack(skeleton["optimiser"], tensors),
+                             _unpack(skeleton["scaler"], tensors), json.loads(metadata.get("best", "null")))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"{path}: the training checkpoint is damaged ({exc})") from None
