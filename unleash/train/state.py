@@ -34,7 +34,8 @@ def _pack(value, tensors: dict, name: str):
         # keys are ints (optimiser parameter ids) or strings; JSON keeps only strings, so keep the type
         return {"dict": [[key, _pack(item, tensors, f"{name}.{key}")] for key, item in value.items()]}
     if isinstance(value, (list, tuple)):
-        return {"list" if isinstance(value, list) else "tuple": [_pack(item, tensors, f"{name}.{i}") for i, item in enumerate(value)]}
+        items = [_pack(item, tensors, f"{name}.{i}") for i, item in enumerate(value)]
+        return {"list" if isinstance(value, list) else "tuple": items}
     if value is None or isinstance(value, (bool, int, float, str)):
         return {"value": value}
     raise TypeError(f"cannot store a {type(value).__name__} in a training checkpoint ({name})")
