@@ -47,6 +47,7 @@ from UnleashCommon.dependencies import (  # noqa: E402
 from UnleashCommon.engine import (  # noqa: E402
     PROBE_SNIPPET,
     commandCheckCommand,
+    describeRun,
     deviceChoices,
     deviceLabel,
     findModels,
@@ -54,12 +55,14 @@ from UnleashCommon.engine import (  # noqa: E402
     listRuns,
     lowMemoryWarning,
     probeCommand,
+    readMetrics,
+    runSummary,
 )
 from UnleashCommon.landmarks import HEADER, rasToIjk, writeLandmarksCsv  # noqa: E402
 from UnleashCommon.results import reportHtml, reportSummary  # noqa: E402
 from UnleashCommon.runner import JobRunner, describeProgress, formatSeconds  # noqa: E402
 
-from unleash.jobs import register_command  # noqa: E402
+from unleash.jobs import register_command, train_command  # noqa: E402
 
 
 def module_python_files() -> list[Path]:
@@ -473,6 +476,61 @@ def test_registration_job_command_parses_with_the_cli(tmp_path, tiny_model):
     assert args.model is None and args.adapt_iters == DEFAULT_ADAPT_ITERS and args.landmarks is None
 
 
+def test_the_training_module_calls_train_command_with_its_real_keywords():
+    tree = ast.parse((REPO / "UnleashTraining" / "UnleashTraining.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "train_command"]
+    assert len(calls) == 2  # start and resume
+    parameters = set(inspect.signature(train_command).parameters)
+    for call in calls:
+        assert {k.arg for k in call.keywords} <= parameters and "python" in {k.arg for k in call.keywords}
+
+
+def test_a_training_job_stops_on_cancel_and_resumes_as_the_module_runs_it(tmp_path):
+    """Stop in the Training panel is JobRunner.cancel (SIGTERM to the job's process group): the job saves a
+    checkpoint, reports `stopped` and exits 0; Resume runs `unleash train KIND --resume RUN`."""
+    from conftest import VESSELS
+
+    from unleash.cli import build_parser, cmd_train
+
+    if not (VESSELS / "train" / "case_032_1.nii.gz").is_file():
+        pytest.skip(f"real Lung250M-4B training pairs not found under {VESSELS}")
+    data = tmp_path / "pairs"
+    data.mkdir()
+    for scan in ("1", "2"):
+        (data / f"case_032_{scan}.nii.gz").symlink_to(VESSELS / "train" / f"case_032_{scan}.nii.gz")
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"model": {"shape_xyz": [81, 57, 81], "spacing_mm": 4.0, "lattice_mm": 4.0,
+                                            "channels": [4, 8]}, "training": {"validate_every": 0}}))
+    run = tmp_path / "runs" / "registration-1"
+    run.parent.mkdir()
+    command = train_command("registration", data=[(str(data), 2.0)], out=str(run), config=str(config), iterations=200,
+                            device="cpu", python=sys.executable)
+    args = build_parser().parse_args(command[3:])
+    assert args.run is cmd_train and args.data == [f"{data}:2"] and args.progress == "json"
+
+    events = []
+    job = JobRunner(command, env=jobEnvironment(), onEvent=events.append, terminateGraceS=120).start()
+    while job.poll() and not any(e["event"] == "progress" and e["step"] >= 2 for e in events):
+        time.sleep(0.05)
+    job.cancel()
+    job.wait(timeout=180)
+    assert job.returncode == 0 and job.result is None, job.stderrTail
+    stopped = events[-1]
+    assert stopped["event"] == "stopped" and stopped["reason"] == "SIGTERM" and 2 <= stopped["step"] < 200
+    summary = runSummary(run)
+    assert summary == {"name": "registration-1", "kind": "registration", "step": stopped["step"], "total": 200,
+                       "finished": False}
+    assert "can be resumed" in describeRun(summary)
+
+    resume = train_command("registration", resume=str(run), iterations=stopped["step"] + 2, device="cpu",
+                           python=sys.executable)
+    job = JobRunner(resume, env=jobEnvironment()).start().wait(timeout=180)
+    assert job.returncode == 0 and job.result["step"] == stopped["step"] + 2, job.error
+    assert Path(job.result["model"]).is_file()
+    assert readMetrics(run)["step"] == [float(s) for s in range(1, stopped["step"] + 3)]
+    assert runSummary(run)["finished"] and findModels([run.parent]) == [run / "model.safetensors"]
+
+
 def test_command_check_tells_a_missing_engine_command(capsys):
     from unleash.cli import build_parser
 
@@ -491,7 +549,8 @@ def test_command_check_tells_a_missing_engine_command(capsys):
 def test_probe_snippet_uses_only_the_allowed_engine_names():
     tree = ast.parse(PROBE_SNIPPET)
     imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    assert imported == {("unleash.devices", "list_devices"), ("unleash.pipeline", "DEFAULT_ADAPT_ITERS")}
+    assert imported == {("unleash.devices", "list_devices"), ("unleash.pipeline", "DEFAULT_ADAPT_ITERS"),
+                        ("unleash.train.run", "KINDS"), ("unleash.train.run", "default_config")}
     assert probeCommand("py")[:2] == ["py", "-c"]
 
 
@@ -688,7 +747,7 @@ def test_models_and_runs_are_found(tmp_path):
     (tmp_path / "deep" / "a" / "b").mkdir(parents=True)
     (tmp_path / "deep" / "a" / "b" / "too-deep.safetensors").write_bytes(b"")
     found = {p.relative_to(tmp_path).as_posix() for p in findModels([tmp_path, tmp_path / "missing"])}
-    assert found == {"run-1/model.safetensors", "run-2/checkpoints/last.safetensors"}
+    assert found == {"run-1/model.safetensors"}  # a checkpoint is a training state, not a model file
     runs = {run.name: has_model for run, has_model in listRuns(tmp_path)}
     assert runs == {"run-1": True, "run-2": False, "deep": False}
     assert listRuns(tmp_path / "missing") == [] and listRuns(None) == []

@@ -78,7 +78,7 @@ class PaperDenoiser(nn.Module):
         return self.head(self.layer_norm(self.transformer(x)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_trainer(kind: str, size: str, device: torch.device):
     """The task with its data read onto `device` (once: both loops on one device share it)."""
     config, task, _ = SIZES[size][kind]
@@ -150,8 +150,8 @@ def main() -> None:
         batch = SIZES[args.size][kind][2]
         reference = paper(kind, args.size, device, args.steps, args.warmup)
         found = ours(kind, args.size, device, args.steps, args.warmup)
-        rows.append({"model": kind, "batch": batch, "paper_s_per_step": round(reference, 3), "unleash_s_per_step": round(found, 3),
-                     "speedup": round(reference / found, 2)})
+        rows.append({"model": kind, "batch": batch, "paper_s_per_step": round(reference, 3),
+                     "unleash_s_per_step": round(found, 3), "speedup": round(reference / found, 2)})
         print(f"{kind:<13} {batch:>5} {reference:>18.3f} {found:>15.3f} {batch / reference:>16.2f} {batch / found:>18.2f} "
               f"{reference / found:>8.2f}x", flush=True)
     if args.json:

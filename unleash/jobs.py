@@ -6,6 +6,10 @@ Event protocol (one JSON object per line on stdout with `--progress json`):
   {"event": "progress", "stage": str, "step": int, "total": int, "fraction": float, "eta_s": float|null, ...}
   {"event": "result", ...}                      the job's outcome (paths, metrics)
   {"event": "error", "message": str}            the job failed; the exit code is non-zero
+Training jobs add:
+  {"event": "validation", "step": int, "best": {...}, <metric>: float, ...}
+  {"event": "checkpoint", "step": int, "path": str}
+  {"event": "stopped", "step": int, "total": int, "reason": str, "resume": str}   SIGINT/SIGTERM; exit code 0
 Without `--progress json` a progress bar and the log go to stderr and stdout stays free.
 """
 from __future__ import annotations
@@ -161,4 +165,26 @@ def sample_command(output_dir: str, count: int, *, model: str | None = None, sch
         command.append("--probabilities")
     if overwrite:
         command.append("--overwrite")
+    return command
+
+
+def train_command(kind: str, *, data: list[tuple[str, float]] | None = None, out: str | None = None,
+                  resume: str | None = None, validation: list[str] | None = None, config: str | None = None,
+                  vqae: str | None = None, iterations: int | None = None, batch_size: int | None = None,
+                  learning_rate: float | None = None, seed: int | None = None, device: str = "auto",
+                  python: str | None = None) -> list[str]:
+    """The exact command line of a training job (new: data + out; or resume), as UnleashTraining runs it."""
+    command = unleash_command(python) + ["train", kind, "--device", device, "--progress", "json"]
+    if resume:
+        command += ["--resume", str(resume)]
+    else:
+        for folder, weight in data or []:
+            command += ["--data", str(folder) if float(weight) == 1 else f"{folder}:{float(weight):g}"]
+        for folder in validation or []:
+            command += ["--val", str(folder)]
+        command += ["--out", str(out)]
+    for flag, value in (("--config", config), ("--vqae", vqae), ("--iterations", iterations), ("--batch-size", batch_size),
+                        ("--lr", learning_rate), ("--seed", seed)):
+        if value is not None and value != "":
+            command += [flag, str(value)]
     return command

@@ -22,6 +22,9 @@ PIP_REQUIREMENTS = {  # import name -> pip requirement
     "safetensors": "safetensors>=0.4,<1",
     "scipy": "scipy>=1.10,<2",
 }
+# Needed only by the VQ-autoencoder (sampling, encoding, its training): asked for by those jobs alone,
+# so that registration's first run does not install it.
+SAMPLER_REQUIREMENTS = {"monai": "monai>=1.3,<2"}
 # Slicer ships these; an extension must never replace them.
 PROTECTED = {"numpy": "numpy", "SimpleITK": "SimpleITK"}  # import name -> distribution name
 
@@ -31,9 +34,14 @@ PYTORCH_EXTENSION_HELP = (
     "(Installing UnleashRegistration from the Extensions Manager installs it too.)")
 
 
-def missingPackages(findSpec: Callable = importlib.util.find_spec) -> list[str]:
-    """Import names the engine needs that are not importable ('torch' first)."""
-    return [name for name in ("torch", *PIP_REQUIREMENTS) if findSpec(name) is None]
+def missingPackages(findSpec: Callable = importlib.util.find_spec, sampler: bool = False) -> list[str]:
+    """Import names the engine needs that are not importable ('torch' first); `sampler`: also MONAI."""
+    names = ("torch", *PIP_REQUIREMENTS, *(SAMPLER_REQUIREMENTS if sampler else ()))
+    return [name for name in names if findSpec(name) is None]
+
+
+def pipRequirement(name: str) -> str | None:
+    return PIP_REQUIREMENTS.get(name) or SAMPLER_REQUIREMENTS.get(name)
 
 
 def installedVersion(distribution: str) -> str | None:
@@ -70,7 +78,7 @@ def installPlan(missing: list[str], clash: str | None) -> list[str]:
                      "or the CPU build); this is a large download")
     elif clash:
         lines.append(f"PyTorch >=2.3 through the PyTorch extension, replacing the installed one ({clash})")
-    lines += [f"{PIP_REQUIREMENTS[name]} (pip)" for name in missing if name in PIP_REQUIREMENTS]
+    lines += [f"{pipRequirement(name)} (pip)" for name in missing if pipRequirement(name)]
     return lines
 
 
@@ -79,12 +87,13 @@ def constraintsText(versions: dict[str, str | None]) -> str:
     return "".join(f"{name}=={version}\n" for name, version in sorted(versions.items()) if version)
 
 
-def ensureDependencies(workDir: str | Path, parent=None) -> bool:
+def ensureDependencies(workDir: str | Path, parent=None, sampler: bool = False) -> bool:
     """Inside Slicer: check, ask once, install. True when jobs can run; False when the user declined.
+    `sampler`: the job uses the VQ-autoencoder, which needs MONAI too.
     Raises RuntimeError with guidance when PyTorch cannot be installed (no PyTorch extension)."""
     import slicer
 
-    missing = missingPackages()
+    missing = missingPackages(sampler=sampler)
     clash = None if "torch" in missing else numpyTorchClash(installedVersion("numpy"), installedVersion("torch"))
     if not missing and not clash:
         return True
@@ -107,7 +116,7 @@ def ensureDependencies(workDir: str | Path, parent=None) -> bool:
             torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=requirement)
             if torch is None:
                 raise RuntimeError("PyTorch was not installed (see the Python console for the reason)")
-        pipMissing = [PIP_REQUIREMENTS[name] for name in missing if name in PIP_REQUIREMENTS]
+        pipMissing = [pipRequirement(name) for name in missing if pipRequirement(name)]
         if pipMissing:
             constraints = Path(workDir) / "unleash-constraints.txt"
             constraints.write_text(constraintsText({dist: installedVersion(dist) for dist in PROTECTED.values()}))
@@ -115,7 +124,7 @@ def ensureDependencies(workDir: str | Path, parent=None) -> bool:
     except Exception as exc:
         raise RuntimeError(f"Installing the Python packages for Unleash failed: {exc}") from exc
 
-    still = missingPackages()
+    still = missingPackages(sampler=sampler)
     if still:
         raise RuntimeError(f"still missing after the installation: {', '.join(still)}")
     if needsTorch and not slicer.app.testingEnabled():

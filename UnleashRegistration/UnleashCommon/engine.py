@@ -3,6 +3,8 @@ Slicer's GUI thread): the devices, the default refinement iterations, whether a 
 Plus the choices the modules show for devices and models. Plain Python, no Slicer."""
 from __future__ import annotations
 
+import csv
+import json
 import os
 import sys
 from collections.abc import Iterable
@@ -17,8 +19,10 @@ import json
 import unleash
 from unleash.devices import list_devices
 from unleash.pipeline import DEFAULT_ADAPT_ITERS
+from unleash.train.run import KINDS, default_config
 print(json.dumps({"event": "result", "version": unleash.__version__, "devices": list_devices(),
-                  "default_adapt_iters": DEFAULT_ADAPT_ITERS}), flush=True)
+                  "default_adapt_iters": DEFAULT_ADAPT_ITERS,
+                  "training_defaults": {kind: default_config(kind)["training"] for kind in KINDS}}), flush=True)
 """
 
 # A GPU with less free memory than this is offered with a warning (CPU is suggested instead).
@@ -101,7 +105,8 @@ def findModels(folders: Iterable[str | Path], maxDepth: int = 2) -> list[Path]:
             continue
         for depth in range(maxDepth + 1):
             pattern = "/".join(["*"] * depth + ["*.safetensors"])
-            found += sorted(p for p in folder.glob(pattern) if p.is_file())
+            # a run's checkpoints/ hold resumable training states, not model files
+            found += sorted(p for p in folder.glob(pattern) if p.is_file() and p.parent.name != "checkpoints")
     unique: dict[str, Path] = {}
     for path in found:
         unique.setdefault(str(path.resolve()), path)
@@ -115,3 +120,46 @@ def listRuns(runFolder: str | Path | None) -> list[tuple[Path, bool]]:
     runs = [p for p in Path(runFolder).iterdir() if p.is_dir() and not p.name.startswith(".")]
     runs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     return [(run, any(run.glob("*.safetensors"))) for run in runs]
+
+
+def readMetrics(run: str | Path) -> dict[str, list[float]]:
+    """The columns of RUN/metrics.csv as floats (NaN where a row has no value, e.g. validation)."""
+    path = Path(run) / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return {}
+    columns: dict[str, list[float]] = {name: [] for name in rows[0]}
+    for row in rows:
+        for name in columns:
+            try:
+                columns[name].append(float(row.get(name) or "nan"))
+            except ValueError:
+                columns[name].append(float("nan"))
+    return columns
+
+
+def runSummary(run: str | Path) -> dict:
+    """What the runs list shows: kind, steps done of the total, and whether a final model exists."""
+    run = Path(run)
+    summary = {"name": run.name, "kind": None, "step": 0, "total": None, "finished": (run / "model.safetensors").is_file()}
+    try:
+        config = json.loads((run / "config.json").read_text())
+        summary["kind"] = config.get("kind")
+        summary["total"] = config.get("training", {}).get("iterations")
+    except (OSError, ValueError):
+        return summary
+    steps = readMetrics(run).get("step")
+    if steps:
+        summary["step"] = int(steps[-1])
+    return summary
+
+
+def describeRun(summary: dict) -> str:
+    """'registration-0612  registration, 1500/1500, model file' for the runs list."""
+    if summary["kind"] is None:
+        return summary["name"] + ("  (model file)" if summary["finished"] else "")
+    state = "model file" if summary["finished"] else "stopped, can be resumed"
+    return f"{summary['name']}  ({summary['kind']}, step {summary['step']}/{summary['total']}, {state})"
