@@ -26,7 +26,7 @@ from unleash.encode import occupancy_ijk, token_volume_grid
 from unleash.geometry import read_volume
 from unleash.jobs import parse_event, sample_command
 from unleash.models.sampler import Sampler, SamplerConfig
-from unleash.models.vqae import VQAEConfig
+from unleash.models.vqae import VQAEConfig, VQAutoEncoder
 from unleash.sample import SCHEDULES, decode_pair, sample_grid, sample_tokens
 
 L = TINY_DENOISER.tokens
@@ -118,6 +118,18 @@ def test_maskgit_without_choice_noise_fills_the_most_confident_tokens_first(monk
                   lambda step, steps, unmask: order.append(unmask[0].nonzero()[:, 0]))
     first = torch.cat(order)[: L // 2]
     assert (first < L // 2).all()
+
+
+def test_a_coarser_decoder_writes_1mm_volumes_over_the_same_box():
+    torch.manual_seed(0)
+    coarse = VQAEConfig(**{**TINY_VQAE.to_dict(), "spacing_mm": 2.0})
+    vqae = VQAutoEncoder(coarse)
+    grid = sample_grid(vqae)
+    assert grid.spacing_mm == (1.0, 1.0, 1.0) and grid.size == tuple(2 * n for n in coarse.volume_shape_ijk)
+    assert np.allclose(grid.index_to_physical((np.asarray(grid.size)[None] - 1) / 2), 0)
+    tokens = torch.randint(0, coarse.codebook_size, (math.prod(coarse.token_shape_ijk),))
+    volumes = decode_pair(vqae, tokens, grid)
+    assert volumes["fixed"].array.shape == grid.shape_zyx and volumes["moving_probability"].array.max() <= 1
 
 
 def test_decoded_volumes_are_label_maps_on_a_1mm_grid_centred_at_0(sampler):

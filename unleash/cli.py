@@ -115,7 +115,8 @@ def cmd_train(args, progress: Progress) -> int:
 
     options = TrainOptions(kind=args.kind, data=args.data or [], validation=args.val or [], out=args.out, resume=args.resume,
                            config=args.config, iterations=args.iterations, batch_size=args.batch_size,
-                           learning_rate=args.lr, seed=args.seed, device=args.device, vqae=args.vqae)
+                           learning_rate=args.lr, seed=args.seed, device=args.device, vqae=args.vqae,
+                           tokens=args.tokens)
     summary = train_command(options, progress)
     if summary.pop("rank"):
         return 0  # the other processes of a torchrun job: rank 0 reports
@@ -150,6 +151,8 @@ def _add_train_parser(commands) -> None:
     train.add_argument("--lr", type=float, help="peak learning rate")
     train.add_argument("--vqae", metavar="FILE", help="denoiser only: the VQ-AE (or sampler) model file whose tokens it "
                                                       "learns; the result is then a sampler model for `unleash sample`")
+    train.add_argument("--tokens", metavar="FILE", help="vqae only: train the codebook and decoder to turn these given token "
+                                                        "grids (matched to the pairs by name) into their pairs")
     train.add_argument("--seed", type=int, help="random seed (default: 0)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     train.add_argument("--progress", choices=["bar", "json", "none"], default="bar",

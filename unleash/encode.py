@@ -61,8 +61,12 @@ def load_vqae(path: str | None, device: torch.device) -> VQAutoEncoder:
         raise UserError("no VQ-autoencoder ships with this version of unleash: give a 'vqae' or 'sampler' model file")
     require_monai()
     if read_metadata(path)["config"].get("kind") == "sampler":
-        return load_model(path, "sampler", device)[0].vqae
-    return load_model(path, "vqae", device)[0]
+        vqae = load_model(path, "sampler", device)[0].vqae
+    else:
+        vqae = load_model(path, "vqae", device)[0]
+    if not vqae.config.encoder:
+        raise UserError(f"{path}: its VQ-autoencoder was trained to decode given tokens only; it cannot encode pairs")
+    return vqae
 
 
 def dice(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import __version__
 from .checkpoints import load_model, model_id
@@ -105,10 +106,20 @@ def sample_tokens(denoiser: Denoiser, count: int, schedule: str = DEFAULT_SCHEDU
     return tokens
 
 
+OUTPUT_SPACING_MM = 1.0  # pairs are written at 1 mm, whatever the decoder's resolution
+
+
+def upsampling(vqae: VQAutoEncoder) -> int:
+    """How many output voxels per decoder voxel along each axis (a 2 mm decoder: 2)."""
+    factor = vqae.config.spacing_mm / OUTPUT_SPACING_MM
+    return max(1, round(factor))
+
+
 def sample_grid(vqae: VQAutoEncoder) -> Grid:
-    """The decoded volumes' grid: 1 mm (the config's spacing), identity direction, centred at 0 mm."""
+    """The written volumes' grid: 1 mm, identity direction, centred at 0 mm, covering the decoder's box."""
     config = vqae.config
-    return network_grid(np.zeros(3), tuple(config.volume_shape_ijk), config.spacing_mm)
+    shape = tuple(n * upsampling(vqae) for n in config.volume_shape_ijk)
+    return network_grid(np.zeros(3), shape, config.spacing_mm / upsampling(vqae))
 
 
 @torch.no_grad()
@@ -122,7 +133,11 @@ def decode_pair(vqae: VQAutoEncoder, tokens: torch.Tensor, grid: Grid) -> dict[s
         logits = vqae.decode(grid_tokens)[0].float()  # (4, I, J, K)
     volumes = {}
     for name, channels in (("fixed", logits[0:2]), ("moving", logits[2:4])):
-        probability = torch.softmax(channels, dim=0)[1].permute(2, 1, 0)  # (i, j, k) -> [k, j, i]
+        probability = torch.softmax(channels, dim=0)[1]
+        if upsampling(vqae) > 1:  # trilinear over the same box (voxel edges aligned: align_corners=False)
+            probability = F.interpolate(probability[None, None], scale_factor=upsampling(vqae), mode="trilinear",
+                                        align_corners=False)[0, 0]
+        probability = probability.permute(2, 1, 0)  # (i, j, k) -> [k, j, i]
         volumes[name] = Volume((probability > 0.5).to(torch.uint8).cpu().numpy(), grid)
         volumes[f"{name}_probability"] = Volume(probability.cpu().numpy(), grid)
     return volumes

@@ -41,3 +41,11 @@ class Sampler(nn.Module):
         self.config = config
         self.vqae = VQAutoEncoder(config.vqae)
         self.denoiser = Denoiser(config.denoiser)
+
+    @staticmethod
+    def of(vqae: VQAutoEncoder, denoiser: Denoiser) -> Sampler:
+        """A sampler holding copies of the weights of a trained VQ-AE and denoiser (checked to fit)."""
+        sampler = Sampler(SamplerConfig(vqae=vqae.config, denoiser=denoiser.config))
+        sampler.vqae.load_state_dict(vqae.state_dict())
+        sampler.denoiser.load_state_dict(denoiser.state_dict())
+        return sampler

@@ -30,6 +30,9 @@ class VQAEConfig:
     codebook_size: int = 1024  # the code vectors have channels[-1] (384) dimensions
     volume_shape_ijk: list[int] = field(default_factory=lambda: [256, 208, 256])
     spacing_mm: float = 1.0
+    # False: only the codebook and decoder were trained, to decode given tokens (e.g. the paper's token
+    # files); such a model samples and decodes, but cannot encode
+    encoder: bool = True
 
     def __post_init__(self):
         if len(self.channels) != len(self.strides):
@@ -66,6 +69,8 @@ class VQAutoEncoder(nn.Module):
                                        channels=config.channels, strides=config.strides)
         self.codebook = nn.Embedding(config.codebook_size, config.channels[-1])
         nn.init.uniform_(self.codebook.weight, -1 / config.codebook_size, 1 / config.codebook_size)
+        if not config.encoder:
+            self.autoencoder.encode.requires_grad_(False)
 
     def nearest_codes(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (N, C, i, j, k) -> tokens (N, i, j, k): the index of the nearest code vector (L2)."""
@@ -84,9 +89,13 @@ class VQAutoEncoder(nn.Module):
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.autoencoder.decode(self.codes(tokens))
 
-    def forward(self, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pair: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Training pass: (logits (N, 4, I, J, K), VQ loss); the decoder's gradient reaches the
-        encoder straight through the quantisation."""
+        encoder straight through the quantisation. With `tokens` (N, i, j, k) instead of a pair: the
+        decoder alone, for a model trained to decode given tokens (VQ loss 0)."""
+        if tokens is not None:
+            logits = self.decode(tokens)
+            return logits, logits.new_zeros(())
         latents = self.autoencoder.encode(pair)
         quantised = self.codes(self.nearest_codes(latents)).to(latents.dtype)
         vq_loss = F.mse_loss(quantised, latents.detach()) + COMMITMENT * F.mse_loss(latents, quantised.detach())

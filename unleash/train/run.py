@@ -47,6 +47,7 @@ class TrainOptions:
     seed: int | None = None
     device: str = "auto"
     vqae: str | None = None  # denoiser only: the VQ-AE whose tokens it learns; the result is then a sampler
+    tokens: str | None = None  # vqae only: train a decoder for these given tokens (task.token_file)
 
 
 def default_config(kind: str) -> dict:
@@ -70,6 +71,11 @@ def new_run_config(options: TrainOptions) -> dict:
         raise UserError("no training data: give --data DIR (or DIR:WEIGHT, several times to mix sources)")
     config["data"] = [parse_source(text).to_json() for text in options.data]
     config["validation"] = [parse_source(text).to_json() for text in options.validation]
+    if options.tokens:
+        if options.kind != "vqae":
+            raise UserError("--tokens belongs to VQ-AE training (a decoder for given tokens)")
+        config["task"]["token_file"] = str(Path(options.tokens).resolve())
+        config["model"]["encoder"] = False
     if options.vqae:
         if options.kind != "denoiser":
             raise UserError("--vqae belongs to denoiser training (the VQ-AE whose tokens the denoiser learns)")
@@ -96,7 +102,8 @@ def _sources(config: dict, key: str) -> list[Source]:
 def _resume_config(options: TrainOptions) -> dict:
     given = [flag for flag, value in (("--data", options.data), ("--val", options.validation), ("--config", options.config),
                                       ("--batch-size", options.batch_size), ("--lr", options.learning_rate),
-                                      ("--seed", options.seed), ("--vqae", options.vqae), ("--out", options.out)) if value]
+                                      ("--seed", options.seed), ("--vqae", options.vqae), ("--tokens", options.tokens),
+                                      ("--out", options.out)) if value]
     if given:
         raise UserError(f"a resumed run keeps the settings in its config.json; drop {', '.join(given)} "
                         f"(only --iterations, --device and --progress may change)")
@@ -170,9 +177,7 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
                     "training_seconds": round(time.time() - started), "date": datetime.date.today().isoformat()}
             if sampler_vqae is None:
                 return save_model(path, network, model_config, card)
-            sampler = Sampler(SamplerConfig(vqae=sampler_vqae.config, denoiser=model_config))
-            sampler.vqae.load_state_dict(sampler_vqae.state_dict())
-            sampler.denoiser.load_state_dict(network.state_dict())
+            sampler = Sampler.of(sampler_vqae, network)
             return save_model(path, sampler, sampler.config, {**card, "kind": "sampler", "vqae": config["vqae"]})
 
         with StopRequest() as stop:

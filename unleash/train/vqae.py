@@ -7,6 +7,7 @@ Validation: the reconstruction Dice of whole held-out pairs through encode -> to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from ..encode import dice, occupancy_ijk, token_volume_grid
 from ..jobs import Progress
 from ..models.vqae import VQAEConfig, VQAutoEncoder
-from .data import Mixture, Source, pair_files, read_pair
+from .data import Mixture, Source, pair_files, read_pair, read_token_grids
 from .previews import pair_panels_png
 
 
@@ -26,6 +27,9 @@ class VQAETask:
     patch_shape_ijk: list[int] = field(default_factory=lambda: [128, 128, 128])  # cropped to the volume if larger
     dice_weight: float = 1.0
     vq_weight: float = 1.0
+    # a token file (unleash encode's tokens.npz, or the paper's): train only codebook + decoder to turn these
+    # tokens into their pairs (matched by name, e.g. case_032); the model then cannot encode
+    token_file: str | None = None
 
 
 TRAINING_DEFAULTS = {"iterations": 10000, "batch_size": 2, "learning_rate": 3e-4, "warmup": 200,
@@ -66,35 +70,57 @@ class VQAETrainer:
         if any(p % config.downsampling for p in self.patch):
             raise ValueError(f"task.patch_shape_ijk {settings.patch_shape_ijk} is not divisible by the VQ-AE's "
                              f"downsampling {config.downsampling}")
+        self.tokens = self._read_tokens(settings.token_file, config) if settings.token_file else None
+        if self.tokens is not None and config.encoder:
+            raise ValueError("task.token_file trains a decoder for given tokens: set model.encoder to false")
         groups, self.names = [], []
         for source, pairs in zip(sources, pair_files(sources)):
             progress.log(f"reading {len(pairs)} training pairs from {source.path}")
-            groups.append([pair_on_token_grid(files, config).to(device) for files in pairs])
+            groups.append([self._item(files) for files in pairs])
             self.names += [files.name for files in pairs]
         self.data = Mixture(groups, [source.weight for source in sources])
-        self.validation = [(files.name, pair_on_token_grid(files, config).to(device))
-                           for pairs in pair_files(validation) for files in pairs]
+        self.validation = [(files.name, self._item(files)) for pairs in pair_files(validation) for files in pairs]
         self.metric = "dice" if self.validation else None
+
+    @staticmethod
+    def _read_tokens(path: str, config: VQAEConfig) -> dict[str, torch.Tensor]:
+        grids, names = read_token_grids(Path(path), config.codebook_size, config.token_shape_ijk)
+        return {name: torch.from_numpy(grid) for name, grid in zip(names, grids)}
+
+    def _item(self, files) -> dict:
+        """A pair on the VQ-AE's grid, uint8 (2, I, J, K), with its tokens (I/s, J/s, K/s) when decoding given tokens."""
+        item = {"pair": pair_on_token_grid(files, self.model_config).to(self.device)}
+        if self.tokens is not None:
+            if files.name not in self.tokens:
+                raise ValueError(f"{files.fixed}: the token file has no grid named {files.name}")
+            item["tokens"] = self.tokens[files.name].to(self.device)
+        return item
 
     def network(self) -> VQAutoEncoder:
         return VQAutoEncoder(self.model_config)
 
     def sample(self, rng: np.random.Generator) -> dict:
-        pair = self.data.draw(rng)
-        start = [int(rng.integers(n - p + 1)) for n, p in zip(pair.shape[1:], self.patch)]
-        crop = pair[:, start[0]:start[0] + self.patch[0], start[1]:start[1] + self.patch[1], start[2]:start[2] + self.patch[2]]
-        return {"pair": crop[None].float()}
+        """A random patch of a pair (and of its tokens: patches then start on token boundaries)."""
+        item = self.data.draw(rng)
+        step = self.model_config.downsampling if self.tokens is not None else 1
+        start = [step * int(rng.integers((n - p) // step + 1)) for n, p in zip(item["pair"].shape[1:], self.patch)]
+        box = tuple(slice(s, s + p) for s, p in zip(start, self.patch))
+        sample = {"pair": item["pair"][(slice(None), *box)][None].float()}
+        if self.tokens is not None:
+            sample["tokens"] = item["tokens"][tuple(slice(b.start // step, b.stop // step) for b in box)][None]
+        return sample
 
     def loss(self, network, batch: dict):
-        logits, vq_loss = network(batch["pair"])
+        logits, vq_loss = network(tokens=batch["tokens"]) if "tokens" in batch else network(batch["pair"])
         cross_entropy, dice_loss = reconstruction_loss(logits, batch["pair"], self.settings.dice_weight)
         vq = self.settings.vq_weight * vq_loss
         return cross_entropy + dice_loss + vq, {"cross_entropy": cross_entropy, "dice_loss": dice_loss, "vq": vq}
 
-    def _reconstruct(self, network: VQAutoEncoder, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens (1, i, j, k), reconstructed pair (2, I, J, K) in {0, 1}) of a whole pair (2, I, J, K)."""
+    def _reconstruct(self, network: VQAutoEncoder, item: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (1, i, j, k), reconstructed pair (2, I, J, K) in {0, 1}) of a whole pair (2, I, J, K):
+        through the encoder, or from the given tokens."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            tokens = network.encode(pair[None].float())
+            tokens = item["tokens"][None] if "tokens" in item else network.encode(item["pair"][None].float())
             logits = network.decode(tokens).float()[0]
         return tokens, torch.stack([logits[1] > logits[0], logits[3] > logits[2]]).float()
 
@@ -102,9 +128,9 @@ class VQAETrainer:
     def validate(self, network: VQAutoEncoder) -> dict:
         network.eval()
         scores, codes = [], set()
-        for _, pair in self.validation:
-            tokens, reconstruction = self._reconstruct(network, pair)
-            scores.append([dice(reconstruction[c], pair[c]) for c in range(2)])
+        for _, item in self.validation:
+            tokens, reconstruction = self._reconstruct(network, item)
+            scores.append([dice(reconstruction[c], item["pair"][c]) for c in range(2)])
             codes.update(tokens.unique().tolist())
         fixed, moving = np.mean(scores, axis=0)
         return {"dice": float((fixed + moving) / 2), "dice_fixed": float(fixed), "dice_moving": float(moving),
@@ -114,8 +140,9 @@ class VQAETrainer:
     def preview(self, network: VQAutoEncoder, path) -> None:
         """Coronal projections of a pair (validation, else training) and its reconstruction."""
         network.eval()
-        pair = self.validation[0][1] if self.validation else self.data.groups[0][0]
-        _, reconstruction = self._reconstruct(network, pair)
+        item = self.validation[0][1] if self.validation else self.data.groups[0][0]
+        pair = item["pair"]
+        _, reconstruction = self._reconstruct(network, item)
         # (2, I, J, K): project along j, the anterior-posterior axis; transpose to (K, I) so superior is up
         project = [volume.float().amax(dim=1).T.cpu().numpy() for volume in (pair[0], pair[1], *reconstruction)]
         pair_panels_png(path, [("pair", project[0], project[1]), ("reconstruction", project[2], project[3])],
