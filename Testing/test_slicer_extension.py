@@ -46,12 +46,10 @@ from UnleashCommon.dependencies import (  # noqa: E402
 )
 from UnleashCommon.engine import (  # noqa: E402
     PROBE_SNIPPET,
-    commandCheckCommand,
     describeRun,
     deviceChoices,
     deviceLabel,
     findModels,
-    interpretCommandCheck,
     listRuns,
     lowMemoryWarning,
     probeCommand,
@@ -62,7 +60,7 @@ from UnleashCommon.landmarks import HEADER, rasToIjk, writeLandmarksCsv  # noqa:
 from UnleashCommon.results import reportHtml, reportSummary  # noqa: E402
 from UnleashCommon.runner import JobRunner, describeProgress, formatSeconds  # noqa: E402
 
-from unleash.jobs import register_command, train_command  # noqa: E402
+from unleash.jobs import register_command, sample_command, train_command  # noqa: E402
 
 
 def module_python_files() -> list[Path]:
@@ -531,19 +529,16 @@ def test_a_training_job_stops_on_cancel_and_resumes_as_the_module_runs_it(tmp_pa
     assert runSummary(run)["finished"] and findModels([run.parent]) == [run / "model.safetensors"]
 
 
-def test_command_check_tells_a_missing_engine_command(capsys):
-    from unleash.cli import build_parser
+def test_the_sampler_module_calls_sample_command_with_its_real_keywords_and_the_engines_schedules():
+    from unleash.sample import SCHEDULES
 
-    assert commandCheckCommand("sample", "py") == ["py", "-m", "unleash", "sample", "--help"]
-    with pytest.raises(SystemExit) as exit_:
-        build_parser().parse_args(["no-such-command", "--help"])
-    available, message = interpretCommandCheck("no-such-command", exit_.value.code, capsys.readouterr().err)
-    assert not available and "not available in this version" in message
-    with pytest.raises(SystemExit) as exit_:
-        build_parser().parse_args(["register", "--help"])
-    assert interpretCommandCheck("register", exit_.value.code, capsys.readouterr().out)[0]
-    available, message = interpretCommandCheck("train", 1, "ModuleNotFoundError: No module named 'torch'")
-    assert not available and "No module named 'torch'" in message
+    source = (REPO / "UnleashSampler" / "UnleashSampler.py").read_text()
+    tree = ast.parse(source)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "sample_command"]
+    assert len(calls) == 1
+    assert {k.arg for k in calls[0].keywords} <= set(inspect.signature(sample_command).parameters)
+    steps = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "SCHEDULE_STEPS")
+    assert ast.literal_eval(steps) == SCHEDULES
 
 
 def test_probe_snippet_uses_only_the_allowed_engine_names():

@@ -1,9 +1,10 @@
-"""Unleash Sampler: synthetic paired vessel volumes from the engine's sampler (planned).
+"""Unleash Sampler: synthetic paired vessel volumes from the engine's sampler, loaded into the scene.
 
-The engine command it will run, `unleash sample`, is not part of this version of the engine. The module
-lays out the planned settings and, on Generate, asks the engine whether it has the command (running
-`python -m unleash sample --help` in a background job) and says so; it does not pretend to sample.
+Generate runs `unleash sample -n N -o OUTPUT/samples-YYYYmmdd-HHMMSS --progress json` as a background job (the
+command line comes from the engine's `unleash.jobs.sample_command`); the output folder is training data for
+Unleash Training as it is. The first pairs are loaded as label maps (fixed and moving) when the job ends.
 """
+import datetime
 import os
 import pathlib
 import sys
@@ -24,10 +25,15 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from UnleashCommon import slicerjobs
+from UnleashCommon import pythonExecutable, slicerjobs
+from UnleashCommon.dependencies import ensureDependencies
+from UnleashCommon.runner import describeProgress
 
-ENGINE_COMMAND = "sample"
-SCHEDULES = ["maskgit", "paper"]  # the engine's names (unleash.sample.SCHEDULES)
+from unleash.jobs import sample_command
+
+SCHEDULE_STEPS = {"maskgit": 32, "paper": 256}  # the engine's schedules and their default steps (unleash.sample.SCHEDULES)
+SCHEDULES = list(SCHEDULE_STEPS)
+PAIRS_LOADED = 4  # pairs loaded into the scene at most; all are in the output folder
 
 #
 # UnleashSampler
@@ -43,8 +49,9 @@ class UnleashSampler(ScriptedLoadableModule):
         self.parent.contributors = ["UnleashRegistration developers"]
         self.parent.helpText = _("""
 Generates synthetic pairs of lung vessel volumes (fixed and moving) with the <b>unleash</b> engine's sampler,
-for training and testing registration. <b>Planned:</b> the engine command <code>unleash sample</code> is not
-part of this version; Generate checks for it and says so.
+for training and testing registration: each run writes a new folder of pairs (usable as training data in Unleash
+Training as it is) and loads the first pairs as label maps. Leave Model empty for the sampler that ships with the
+extension, or choose a sampler model file trained in Unleash Training.
 See <a href="https://github.com/unleash-registration/UnleashRegistration/blob/main/docs/slicer.md">the documentation</a>.
 """)
         self.parent.acknowledgementText = _("Built on 3D Slicer's scripted module template.")
@@ -59,8 +66,8 @@ See <a href="https://github.com/unleash-registration/UnleashRegistration/blob/ma
 class UnleashSamplerParameterNode:
     numberOfPairs: Annotated[int, WithinRange(1, 10000)] = 4
     schedule: Annotated[str, Choice(SCHEDULES)] = "maskgit"
-    steps: Annotated[int, WithinRange(1, 5000)] = 50
-    temperature: Annotated[float, WithinRange(0.0, 2.0)] = 1.0
+    steps: Annotated[int, WithinRange(1, 5000)] = 32
+    temperature: Annotated[float, WithinRange(0.05, 2.0)] = 0.9
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: str = "auto"
     outputFolder: pathlib.Path = pathlib.Path.home() / "unleash-samples"
@@ -89,20 +96,20 @@ class UnleashSamplerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = UnleashSamplerLogic()
 
         self.ui.progressBar.visible = False
-        self.ui.availabilityLabel.text = _("Planned module: generating pairs needs the engine command 'unleash sample'. "
-                                           "Generate checks whether this engine has it.")
-        self.ui.availabilityLabel.setStyleSheet("color: #b35c00")
+        self.ui.availabilityLabel.visible = False
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.refreshDevicesButton.connect("clicked(bool)", self.onRefreshDevices)
+        self.ui.scheduleComboBox.connect("currentIndexChanged(int)", self.onScheduleChanged)
 
         self.initializeParameterNode()
         slicerjobs.fillDeviceCombo(self.ui.deviceComboBox, self._parameterNode.device)
 
     def cleanup(self) -> None:
+        self.logic.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -145,20 +152,52 @@ class UnleashSamplerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         slicerjobs.probeEngine(completedCallback=done)
 
+    def onScheduleChanged(self, index) -> None:
+        """Each schedule has its own sensible number of steps (the paper's is 256, MaskGIT's 32)."""
+        schedule = self.ui.scheduleComboBox.currentText
+        if self._parameterNode and schedule in SCHEDULE_STEPS:
+            self._parameterNode.steps = SCHEDULE_STEPS[schedule]
+
     def onApplyButton(self) -> None:
-        self.ui.applyButton.enabled = False
-        self.ui.applyButton.text = _("Checking the engine...")
+        if self.logic.running:
+            self.logic.cancel()
+            return
+        p = self._parameterNode
+        try:
+            if not ensureDependencies(slicer.app.temporaryPath, self.parent, sampler=True):
+                return
+        except RuntimeError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle=_("Unleash Sampler"))
+            return
+        self.ui.logTextEdit.clear()
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.visible = True
+        self.ui.applyButton.text = _("Cancel")
 
-        def checked(available, message):
-            self.ui.applyButton.enabled = True
+        def onEvent(event):
+            if event.get("event") == "progress":
+                self.ui.progressBar.value, self.ui.progressLabel.text = describeProgress(event)
+            elif event.get("event") in ("log", "error"):
+                self.ui.logTextEdit.appendPlainText(str(event.get("message")))
+
+        def onFinished(job, nodes):
+            self.ui.progressBar.visible = False
             self.ui.applyButton.text = _("Generate")
-            if available:
-                message = self.logic.notRunnableMessage()
-            self.ui.availabilityLabel.text = message
-            self.ui.logTextEdit.appendPlainText(message)
-            slicer.util.infoDisplay(message, windowTitle=_("Unleash Sampler"))
+            if job.result:
+                self.ui.progressLabel.text = _("{count} pairs in {folder}").format(count=job.result["count"],
+                                                                                   folder=job.result["output"])
+            elif job.error and job.error != "cancelled":
+                self.ui.progressLabel.text = _("Failed: {error}").format(error=job.error)
+                slicer.util.errorDisplay(job.error, windowTitle=_("Unleash Sampler"))
+            else:
+                self.ui.progressLabel.text = _("Cancelled; nothing was written")
 
-        self.logic.engineCommandAvailable(wait=False, completedCallback=checked)
+        with slicer.util.tryWithErrorDisplay(_("Could not start sampling."), waitCursor=True):
+            self.logic.samplePairs(numberOfPairs=p.numberOfPairs, schedule=p.schedule, steps=p.steps,
+                                   temperature=p.temperature, seed=p.seed, device=p.device,
+                                   modelPath=self.ui.modelPathLineEdit.currentPath or None,
+                                   outputFolder=str(p.outputFolder), loadIntoScene=p.loadIntoScene, wait=False,
+                                   onEvent=onEvent, onFinished=onFinished)
 
 
 #
@@ -167,42 +206,73 @@ class UnleashSamplerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class UnleashSamplerLogic(ScriptedLoadableModuleLogic):
-    """The planned console API (keyword arguments, wait flag), like UnleashRegistrationLogic.registerVolumes."""
+    """Console API: samplePairs (keyword arguments, wait flag), like UnleashRegistrationLogic.registerVolumes."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.job = None
 
     def getParameterNode(self):
         return UnleashSamplerParameterNode(super().getParameterNode())
 
-    @staticmethod
-    def engineCommandAvailable(wait: bool = True, completedCallback=None):
-        """Whether the engine has `unleash sample`: (available, message) with wait=True, else completedCallback(...)."""
-        answer = {}
+    @property
+    def running(self) -> bool:
+        return self.job is not None and self.job.running
 
-        def done(available, message):
-            answer["value"] = (available, message)
-            if completedCallback:
-                completedCallback(available, message)
-
-        slicerjobs.checkEngineCommand(ENGINE_COMMAND, done, wait=wait)
-        return answer.get("value") if wait else None
+    def cancel(self) -> None:
+        """Stop the job; the engine writes nothing half-done (its output folder appears whole or not at all)."""
+        if self.running:
+            self.job.cancel()
 
     @staticmethod
-    def notRunnableMessage() -> str:
-        return _("The engine has 'unleash sample', but this version of the Unleash Sampler module cannot run it yet: "
-                 "update the UnleashRegistration extension.")
+    def newOutputPath(outputFolder) -> str:
+        return str(pathlib.Path(outputFolder) / f"samples-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
-    def samplePairs(self, numberOfPairs=4, schedule="maskgit", steps=32, temperature=0.9, seed=0, device="auto",
-                    outputFolder=None, loadIntoScene=True, wait=True):
-        """Planned: generate `numberOfPairs` synthetic pairs into `outputFolder`. Raises NotImplementedError with the
-        reason while the engine (or this module) cannot run `unleash sample`."""
-        if numberOfPairs < 1 or steps < 1 or temperature < 0:
-            raise ValueError(_("numberOfPairs and steps must be at least 1, temperature at least 0"))
+    def samplePairs(self, numberOfPairs=4, schedule="maskgit", steps=None, temperature=0.9, seed=0, device="auto",
+                    modelPath=None, outputFolder=None, loadIntoScene=True, wait=True, onEvent=None, onFinished=None):
+        """Sample `numberOfPairs` pairs into a new folder under `outputFolder`; with loadIntoScene, the first
+        PAIRS_LOADED pairs become label map nodes. wait=True: returns (the job's result, the loaded nodes);
+        else the job, and onFinished(job, nodes) is called at the end."""
+        if numberOfPairs < 1 or (steps is not None and steps < 1) or temperature <= 0:
+            raise ValueError(_("numberOfPairs and steps must be at least 1, temperature above 0"))
         if schedule not in SCHEDULES:
             raise ValueError(_("schedule must be one of {choices}").format(choices=", ".join(SCHEDULES)))
-        available, message = self.engineCommandAvailable(wait=True)
-        raise NotImplementedError(self.notRunnableMessage() if available else message)
+        if modelPath and not os.path.isfile(modelPath):
+            raise ValueError(_("The model file {path} does not exist").format(path=modelPath))
+        if self.running:
+            raise RuntimeError(_("Sampling is already running: cancel it first"))
+        outputFolder = outputFolder or str(pathlib.Path.home() / "unleash-samples")
+        os.makedirs(outputFolder, exist_ok=True)
+        command = sample_command(self.newOutputPath(outputFolder), numberOfPairs, model=modelPath or None,
+                                 schedule=schedule, steps=steps, temperature=temperature, seed=seed, device=device or "auto",
+                                 overwrite=False, python=pythonExecutable())
+        loaded = []
+
+        def finished(job):
+            if job.result and loadIntoScene:
+                loaded.extend(self.loadPairs(job.result))
+            if onFinished:
+                onFinished(job, loaded)
+
+        self.job = slicerjobs.makeJob(command, onEvent=onEvent, onFinished=finished, terminateGraceS=2.0)
+        slicerjobs.runJob(self.job, wait=wait)
+        if not wait:
+            return self.job
+        if self.job.error:
+            raise RuntimeError(self.job.error)
+        return self.job.result, loaded
+
+    @staticmethod
+    def loadPairs(result: dict) -> list:
+        """The first pairs of a `result` event as label map nodes (fixed, moving, fixed, ...)."""
+        nodes = []
+        for pair in result.get("pairs", [])[:PAIRS_LOADED]:
+            for role in ("fixed", "moving"):
+                path = os.path.join(result["output"], pair["files"][role])
+                nodes.append(slicer.util.loadLabelVolume(path, {"name": f"{pair['name']}_{role}"}))
+        if nodes:
+            slicer.util.setSliceViewerLayers(background=nodes[0], label=nodes[1] if len(nodes) > 1 else None, fit=True)
+        return nodes
 
 
 #
@@ -211,6 +281,8 @@ class UnleashSamplerLogic(ScriptedLoadableModuleLogic):
 
 
 class UnleashSamplerTest(ScriptedLoadableModuleTest):
+    """In Slicer: samples one pair with the shipped sampler and checks the loaded label maps."""
+
     def setUp(self):
         slicer.mrmlScene.Clear()
 
@@ -218,21 +290,20 @@ class UnleashSamplerTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_parameter_defaults()
         self.setUp()
-        self.test_generate_says_why_it_cannot_run()
+        self.test_sample_one_pair()
 
     def test_parameter_defaults(self):
         parameters = UnleashSamplerLogic().getParameterNode()
         self.assertEqual(parameters.numberOfPairs, 4)
         self.assertIn(parameters.schedule, SCHEDULES)
-        self.assertEqual(parameters.device, "auto")
+        self.assertEqual(parameters.steps, SCHEDULE_STEPS[parameters.schedule])
         self.assertIsInstance(parameters.outputFolder, pathlib.Path)
 
-    def test_generate_says_why_it_cannot_run(self):
+    def test_sample_one_pair(self):
         logic = UnleashSamplerLogic()
-        _available, message = logic.engineCommandAvailable(wait=True)
-        self.assertTrue(message)
-        with self.assertRaises(NotImplementedError) as raised:
-            logic.samplePairs(numberOfPairs=1, steps=1, outputFolder=slicer.util.tempDirectory("UnleashSamplerTest-"))
-        self.assertIn("unleash sample", str(raised.exception))
         with self.assertRaises(ValueError):
             logic.samplePairs(numberOfPairs=0)
+        result, nodes = logic.samplePairs(numberOfPairs=1, steps=4, outputFolder=slicer.util.tempDirectory("UnleashSamplerTest-"))
+        self.assertEqual(result["count"], 1)
+        self.assertEqual(len(nodes), 2)
+        self.assertEqual(nodes[0].GetSpacing(), (1.0, 1.0, 1.0))

@@ -1,5 +1,5 @@
 """Asking the engine what it offers, always in a job process (it imports torch, which must not load in
-Slicer's GUI thread): the devices, the default refinement iterations, whether a CLI command exists.
+Slicer's GUI thread): the devices, the default refinement iterations, the training defaults.
 Plus the choices the modules show for devices and models. Plain Python, no Slicer."""
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-
-from unleash.jobs import unleash_command
 
 # Run by the engine's Python: one `result` event in the job protocol (see unleash/jobs.py) with what a
 # device selector and the iterations spin box need.
@@ -31,25 +29,6 @@ MIN_FREE_GB = 3.0
 
 def probeCommand(python: str | None = None) -> list[str]:
     return [python or sys.executable, "-c", PROBE_SNIPPET]
-
-
-def commandCheckCommand(subcommand: str, python: str | None = None) -> list[str]:
-    """`python -m unleash <subcommand> --help`: exit code 0 when this engine has the command."""
-    return unleash_command(python) + [subcommand, "--help"]
-
-
-def interpretCommandCheck(subcommand: str, returncode: int | None, output: str) -> tuple[bool, str]:
-    """(available, message for the user) from the exit code and output of commandCheckCommand."""
-    if returncode == 0:
-        return True, f"the engine has the command 'unleash {subcommand}'"
-    if returncode == 2 and "invalid choice" in output:
-        return False, (f"The engine command 'unleash {subcommand}' is not available in this version of "
-                       "UnleashRegistration. This module shows the planned settings; it will run once the engine has "
-                       "the command (update the extension).")
-    last = next((line for line in reversed(output.splitlines()) if line.strip()), "no output")
-    return False, (f"The engine could not be started to check for 'unleash {subcommand}' (exit code {returncode}: "
-                   f"{last}). If PyTorch is missing, press Apply once in the Unleash Registration module: it installs "
-                   "the dependencies.")
 
 
 def deviceLabel(device: dict) -> str:

@@ -7,12 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import pythonExecutable, slicerJobEnvironment
-from .engine import commandCheckCommand, deviceChoices, interpretCommandCheck, probeCommand
+from .engine import deviceChoices, probeCommand
 from .runner import JobRunner
 
 _engineInfo: dict | None = None  # the probe's `result` event: devices, default_adapt_iters, version
 _probeJob: JobRunner | None = None
-_commandChecks: dict[str, tuple[bool, str]] = {}  # subcommand -> (available, message)
 
 
 def engineInfo() -> dict | None:
@@ -69,24 +68,6 @@ def probeEngine(completedCallback: Callable[[dict | None, str | None], None] | N
         return _probeJob
     _probeJob = startJob(probeCommand(pythonExecutable()), onFinished=finished, wait=wait, timeoutS=300, terminateGraceS=0)
     return _probeJob
-
-
-def checkEngineCommand(subcommand: str, completedCallback: Callable[[bool, str], None], wait: bool = False) -> None:
-    """Does this engine have `unleash <subcommand>`? Runs `python -m unleash <subcommand> --help` in a job
-    (the CLI's parser imports the engine) and calls completedCallback(available, message for the user)."""
-    if subcommand in _commandChecks:
-        completedCallback(*_commandChecks[subcommand])
-        return
-    lines: list[str] = []
-
-    def finished(job: JobRunner) -> None:
-        available, message = interpretCommandCheck(subcommand, job.returncode, "\n".join(lines))
-        if available or job.returncode == 2:  # a definite answer for this engine: keep it for the session
-            _commandChecks[subcommand] = (available, message)
-        completedCallback(available, message)
-
-    startJob(commandCheckCommand(subcommand, pythonExecutable()), onLine=lambda stream, line: lines.append(line),
-             onFinished=finished, wait=wait, timeoutS=300, terminateGraceS=0)
 
 
 def fillDeviceCombo(combo, selected: str = "auto") -> None:
