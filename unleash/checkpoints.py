@@ -23,7 +23,8 @@ from .models.vqae import VQAEConfig, VQAutoEncoder
 FORMAT = "unleash-model"
 FORMAT_VERSION = "1"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULTS = {"registration": WEIGHTS_DIR / "registration_default.safetensors"}
+DEFAULTS = {"registration": WEIGHTS_DIR / "registration_default.safetensors",
+            "sampler": WEIGHTS_DIR / "sampler_default.safetensors"}
 
 # kind -> (config class, network class); the only place that knows which network a kind is.
 KINDS = {"registration": (RegistrationConfig, TwoStepRegistration),

@@ -170,7 +170,7 @@ def _add_sample_parser(commands) -> None:
                                              "registration training data.")
     sample.add_argument("-n", "--count", type=int, required=True, metavar="N", help="number of pairs")
     sample.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-    sample.add_argument("--model", help="sampler model file (no default sampler ships in this version)")
+    sample.add_argument("--model", help="sampler model file (default: the shipped sampler)")
     sample.add_argument("--schedule", choices=list(SCHEDULES), default=DEFAULT_SCHEDULE,
                         help=f"paper: random unmasking, the reference; maskgit: confidence-ordered, cosine, fewer steps "
                              f"(default: {DEFAULT_SCHEDULE})")

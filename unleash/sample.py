@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .checkpoints import load_model, model_id
+from .checkpoints import DEFAULTS, load_model, model_id
 from .devices import describe, resolve_device
 from .errors import UserError
 from .geometry import Grid, Volume, network_grid, write_image
@@ -147,8 +147,8 @@ def decode_pair(vqae: VQAutoEncoder, tokens: torch.Tensor, grid: Grid) -> dict[s
 # `unleash sample`: files
 
 
-NO_DEFAULT_MODEL = ("no sampler model ships with this version of unleash: give a 'sampler' model file (a trained "
-                    "VQ-autoencoder and denoiser in one file) with --model FILE")
+NO_DEFAULT_MODEL = ("the shipped sampler model file is missing from this installation (unleash/weights/"
+                    "sampler_default.safetensors): reinstall, or give a 'sampler' model file with --model FILE")
 # Compressed bytes per voxel of one written map, measured on a Lung250M-4B vessel map at zlib level 1
 # (labels 0.009, a soft map 0.14) with a margin of four, for the free-space check before any work.
 BYTES_PER_VOXEL = {"labels": 0.04, "probabilities": 0.6}
@@ -185,7 +185,8 @@ def require_monai() -> None:
 
 
 def load_sampler(path: str | None, device: torch.device) -> tuple[Sampler, dict]:
-    if path is None:
+    """The sampler of a model file; None: the shipped one."""
+    if path is None and not DEFAULTS["sampler"].is_file():
         raise UserError(NO_DEFAULT_MODEL)
     require_monai()
     model, _, card = load_model(path, "sampler", device)
@@ -262,7 +263,8 @@ def sample_files(count: int, output_dir, options: SampleOptions, progress: Progr
         seconds["total"] = time.perf_counter() - started
         seconds["per_pair"] = seconds["total"] / count
         report = {"version": __version__, "count": count, "device": describe(device),
-                  "model": {"id": model_id(options.model, "sampler"), "path": str(options.model), "card": card},
+                  "model": {"id": model_id(options.model, "sampler"), "path": str(options.model or DEFAULTS["sampler"]),
+                            "card": card},
                   "settings": {**asdict(options), "steps": steps}, "grid": grid.to_json(),
                   "seconds": {k: round(v, 2) for k, v in seconds.items()}, "pairs": pairs}
         (staging / "samples.json").write_text(json.dumps(report, indent=2) + "\n")
