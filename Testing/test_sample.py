@@ -19,7 +19,7 @@ from test_cli import assert_one_clear_line, run_cli
 from test_denoiser import TINY_DENOISER, TINY_VQAE
 
 import unleash.sample
-from unleash.checkpoints import load_model, save_model
+from unleash.checkpoints import DEFAULTS, load_model, read_metadata, save_model
 from unleash.cli import build_parser
 from unleash.datasets import find_pairs
 from unleash.encode import occupancy_ijk, token_volume_grid
@@ -206,7 +206,6 @@ def assert_nothing_written(out: Path):
     ("batch_zero", ["--batch-size", "0"], "--batch-size must be 1 or more"),
     ("registration_model", [], "is a 'registration' model, but a 'sampler' model is needed"),
     ("vqae_model", [], "is a 'vqae' model, but a 'sampler' model is needed"),
-    ("no_model", [], "no sampler model ships with this version"),
     ("under_a_file", [], "does not exist"),
 ])
 def test_bad_input_gets_one_clear_line_and_writes_nothing(case, extra, expected, sampler_file, sampler, tiny_model,
@@ -218,12 +217,23 @@ def test_bad_input_gets_one_clear_line_and_writes_nothing(case, extra, expected,
     if case == "under_a_file":
         (tmp_path / "a_file").write_text("")
         out = tmp_path / "a_file" / "out"
-    args = ["sample", "-n", "2", "-o", str(out), "--steps", "2", "--device", "cpu", *extra]
-    if case != "no_model":
-        args += ["--model", str(model)]
+    args = ["sample", "-n", "2", "-o", str(out), "--steps", "2", "--device", "cpu", "--model", str(model), *extra]
     code, err = run_cli(args, capsys)
     assert_one_clear_line(code, err, expected)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_the_shipped_sampler_writes_a_1mm_pair_without_model_option(tmp_path, capsys):
+    """The shipped sampler (the paper's token space, a 2 mm decoder) end to end, with 2 denoiser steps."""
+    card = read_metadata(DEFAULTS["sampler"])["card"]
+    assert "paper's VQ-autoencoder tokens" in card["token_space"] and card["denoiser"]["steps"] > 0
+    code, err = run_cli(["sample", "-n", "1", "--steps", "2", "-o", str(tmp_path / "out"), "--device", "cpu"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "samples.json").read_text())
+    assert report["model"]["path"] == str(DEFAULTS["sampler"])
+    fixed = read_volume(tmp_path / "out" / "pair_0001_fixed.nii.gz")
+    assert fixed.grid.spacing_mm == (1.0, 1.0, 1.0) and fixed.array.shape == (256, 208, 256)
+    assert set(np.unique(fixed.array)) <= {0, 1}
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
