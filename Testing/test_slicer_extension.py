@@ -46,12 +46,14 @@ from UnleashCommon.dependencies import (  # noqa: E402
 )
 from UnleashCommon.engine import (  # noqa: E402
     PROBE_SNIPPET,
+    copyTrainingPairs,
     describeRun,
     deviceChoices,
     deviceLabel,
     findModels,
     listRuns,
     lowMemoryWarning,
+    modelKind,
     probeCommand,
     readMetrics,
     runSummary,
@@ -746,6 +748,36 @@ def test_models_and_runs_are_found(tmp_path):
     runs = {run.name: has_model for run, has_model in listRuns(tmp_path)}
     assert runs == {"run-1": True, "run-2": False, "deep": False}
     assert listRuns(tmp_path / "missing") == [] and listRuns(None) == []
+
+
+def test_sampled_pairs_are_copied_into_a_training_folder(tmp_path):
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for name in ("pair_0001_fixed.nii.gz", "pair_0001_moving.nii.gz", "samples.json", "preview.png"):
+        (samples / name).write_bytes(name.encode())
+    copied = copyTrainingPairs(samples, tmp_path / "train")
+    assert sorted(p.name for p in copied) == ["pair_0001_fixed.nii.gz", "pair_0001_moving.nii.gz"]
+    assert (tmp_path / "train" / "pair_0001_moving.nii.gz").read_bytes() == b"pair_0001_moving.nii.gz"
+    with pytest.raises(ValueError, match="already has pair_0001_fixed"):
+        copyTrainingPairs(samples, tmp_path / "train")
+    with pytest.raises(ValueError, match="holds no sampled pairs"):
+        copyTrainingPairs(tmp_path / "train" / "missing", tmp_path / "other")
+
+
+def test_model_files_are_told_apart_by_kind_without_torch(tmp_path, tiny_model):
+    from unleash.checkpoints import DEFAULTS
+
+    (tmp_path / "run-a").mkdir()
+    shutil.copy(tiny_model, tmp_path / "run-a" / "model.safetensors")
+    (tmp_path / "run-b").mkdir()
+    shutil.copy(DEFAULTS["sampler"], tmp_path / "run-b" / "model.safetensors")
+    (tmp_path / "run-c").mkdir()
+    (tmp_path / "run-c" / "model.safetensors").write_bytes(b"\xff" * 16)  # not a model file
+    assert modelKind(tmp_path / "run-a" / "model.safetensors") == "registration"
+    assert modelKind(tmp_path / "run-b" / "model.safetensors") == "sampler"
+    assert modelKind(tmp_path / "run-c" / "model.safetensors") is None
+    assert findModels([tmp_path], kind="registration") == [tmp_path / "run-a" / "model.safetensors"]
+    assert findModels([tmp_path], kind="sampler") == [tmp_path / "run-b" / "model.safetensors"]
 
 
 def test_result_box_shows_runtime_folding_inverse_consistency_and_tre():

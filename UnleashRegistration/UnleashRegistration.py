@@ -231,7 +231,7 @@ class UnleashRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             combo = self.ui.modelComboBox
             combo.clear()
             combo.addItem(_("Shipped default model"), "")
-            for path in findModels(defaultRunFolders()):
+            for path in findModels(defaultRunFolders(), kind="registration"):
                 combo.addItem(f"{path.parent.name}/{path.name}", str(path))
                 combo.setItemData(combo.count - 1, str(path), qt.Qt.ToolTipRole)
             combo.addItem(_("Browse for a model file..."), BROWSE)

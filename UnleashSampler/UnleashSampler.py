@@ -2,7 +2,7 @@
 
 Generate runs `unleash sample -n N -o OUTPUT/samples-YYYYmmdd-HHMMSS --progress json` as a background job (the
 command line comes from the engine's `unleash.jobs.sample_command`); the output folder is training data for
-Unleash Training as it is. The first pairs are loaded as label maps (fixed and moving) when the job ends.
+Unleash Training as it is. The first pairs are loaded as segmentations (fixed and moving segments) when the job ends.
 """
 import datetime
 import os
@@ -14,6 +14,7 @@ from typing import Annotated
 sys.path.extend(p for p in [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "UnleashRegistration")]
                 if os.path.isdir(os.path.join(p, "UnleashCommon")) and p not in sys.path)
 
+import qt
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -27,6 +28,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from UnleashCommon import pythonExecutable, slicerjobs
 from UnleashCommon.dependencies import ensureDependencies
+from UnleashCommon.engine import copyTrainingPairs
 from UnleashCommon.runner import describeProgress
 
 from unleash.jobs import sample_command
@@ -34,6 +36,7 @@ from unleash.jobs import sample_command
 SCHEDULE_STEPS = {"maskgit": 32, "paper": 256}  # the engine's schedules and their default steps (unleash.sample.SCHEDULES)
 SCHEDULES = list(SCHEDULE_STEPS)
 PAIRS_LOADED = 4  # pairs loaded into the scene at most; all are in the output folder
+SEGMENT_COLORS = {"fixed": (1.0, 0.0, 1.0), "moving": (0.0, 0.8, 0.0)}  # as in the engine's preview.png
 
 #
 # UnleashSampler
@@ -50,7 +53,7 @@ class UnleashSampler(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Generates synthetic pairs of lung vessel volumes (fixed and moving) with the <b>unleash</b> engine's sampler,
 for training and testing registration: each run writes a new folder of pairs (usable as training data in Unleash
-Training as it is) and loads the first pairs as label maps. Leave Model empty for the sampler that ships with the
+Training as it is) and loads the first pairs as segmentations. Leave Model empty for the sampler that ships with the
 extension, or choose a sampler model file trained in Unleash Training.
 See <a href="https://github.com/unleash-registration/UnleashRegistration/blob/main/docs/slicer.md">the documentation</a>.
 """)
@@ -84,6 +87,7 @@ class UnleashSamplerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self.lastOutput = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
 
@@ -104,6 +108,7 @@ class UnleashSamplerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.refreshDevicesButton.connect("clicked(bool)", self.onRefreshDevices)
         self.ui.scheduleComboBox.connect("currentIndexChanged(int)", self.onScheduleChanged)
+        self.ui.saveTrainingFolderButton.connect("clicked(bool)", self.onSaveTrainingFolder)
 
         self.initializeParameterNode()
         slicerjobs.fillDeviceCombo(self.ui.deviceComboBox, self._parameterNode.device)
@@ -152,6 +157,14 @@ class UnleashSamplerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         slicerjobs.probeEngine(completedCallback=done)
 
+    def onSaveTrainingFolder(self) -> None:
+        target = qt.QFileDialog.getExistingDirectory(self.parent, _("Folder of training pairs"))
+        if not target or not self.lastOutput:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not save the training folder."), waitCursor=True):
+            copied = self.logic.saveAsTrainingFolder(self.lastOutput, target)
+            self.ui.logTextEdit.appendPlainText(f"copied {len(copied) // 2} pairs to {target}")
+
     def onScheduleChanged(self, index) -> None:
         """Each schedule has its own sensible number of steps (the paper's is 256, MaskGIT's 32)."""
         schedule = self.ui.scheduleComboBox.currentText
@@ -186,6 +199,8 @@ class UnleashSamplerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if job.result:
                 self.ui.progressLabel.text = _("{count} pairs in {folder}").format(count=job.result["count"],
                                                                                    folder=job.result["output"])
+                self.lastOutput = job.result["output"]
+                self.ui.saveTrainingFolderButton.enabled = True
             elif job.error and job.error != "cancelled":
                 self.ui.progressLabel.text = _("Failed: {error}").format(error=job.error)
                 slicer.util.errorDisplay(job.error, windowTitle=_("Unleash Sampler"))
@@ -231,7 +246,7 @@ class UnleashSamplerLogic(ScriptedLoadableModuleLogic):
     def samplePairs(self, numberOfPairs=4, schedule="maskgit", steps=None, temperature=0.9, seed=0, device="auto",
                     modelPath=None, outputFolder=None, loadIntoScene=True, wait=True, onEvent=None, onFinished=None):
         """Sample `numberOfPairs` pairs into a new folder under `outputFolder`; with loadIntoScene, the first
-        PAIRS_LOADED pairs become label map nodes. wait=True: returns (the job's result, the loaded nodes);
+        PAIRS_LOADED pairs become segmentation nodes. wait=True: returns (the job's result, the loaded nodes);
         else the job, and onFinished(job, nodes) is called at the end."""
         if numberOfPairs < 1 or (steps is not None and steps < 1) or temperature <= 0:
             raise ValueError(_("numberOfPairs and steps must be at least 1, temperature above 0"))
@@ -264,15 +279,28 @@ class UnleashSamplerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def loadPairs(result: dict) -> list:
-        """The first pairs of a `result` event as label map nodes (fixed, moving, fixed, ...)."""
+        """The first pairs of a `result` event as segmentation nodes, one per pair with the segments `fixed`
+        (magenta) and `moving` (green), shown in 3D."""
         nodes = []
         for pair in result.get("pairs", [])[:PAIRS_LOADED]:
-            for role in ("fixed", "moving"):
-                path = os.path.join(result["output"], pair["files"][role])
-                nodes.append(slicer.util.loadLabelVolume(path, {"name": f"{pair['name']}_{role}"}))
-        if nodes:
-            slicer.util.setSliceViewerLayers(background=nodes[0], label=nodes[1] if len(nodes) > 1 else None, fit=True)
+            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", pair["name"])
+            segmentationNode.CreateDefaultDisplayNodes()
+            for role, color in (("fixed", SEGMENT_COLORS["fixed"]), ("moving", SEGMENT_COLORS["moving"])):
+                labelNode = slicer.util.loadLabelVolume(os.path.join(result["output"], pair["files"][role]))
+                slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelNode, segmentationNode)
+                segmentation = segmentationNode.GetSegmentation()
+                segment = segmentation.GetSegment(segmentation.GetNthSegmentID(segmentation.GetNumberOfSegments() - 1))
+                segment.SetName(role)
+                segment.SetColor(*color)
+                slicer.mrmlScene.RemoveNode(labelNode)
+            segmentationNode.CreateClosedSurfaceRepresentation()
+            nodes.append(segmentationNode)
         return nodes
+
+    @staticmethod
+    def saveAsTrainingFolder(samplesFolder, targetFolder) -> list:
+        """Copy the sampled pairs into targetFolder (a folder of pairs for Unleash Training's data list)."""
+        return copyTrainingPairs(samplesFolder, targetFolder)
 
 
 #
@@ -281,7 +309,7 @@ class UnleashSamplerLogic(ScriptedLoadableModuleLogic):
 
 
 class UnleashSamplerTest(ScriptedLoadableModuleTest):
-    """In Slicer: samples one pair with the shipped sampler and checks the loaded label maps."""
+    """In Slicer: samples one pair with the shipped sampler and checks the loaded segmentation."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -305,5 +333,5 @@ class UnleashSamplerTest(ScriptedLoadableModuleTest):
             logic.samplePairs(numberOfPairs=0)
         result, nodes = logic.samplePairs(numberOfPairs=1, steps=4, outputFolder=slicer.util.tempDirectory("UnleashSamplerTest-"))
         self.assertEqual(result["count"], 1)
-        self.assertEqual(len(nodes), 2)
-        self.assertEqual(nodes[0].GetSpacing(), (1.0, 1.0, 1.0))
+        self.assertEqual(len(nodes), 1)
+        self.assertEqual(nodes[0].GetSegmentation().GetNumberOfSegments(), 2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -75,8 +76,23 @@ def defaultRunFolders() -> list[Path]:
     return folders
 
 
-def findModels(folders: Iterable[str | Path], maxDepth: int = 2) -> list[Path]:
-    """Model files (*.safetensors) in run folders, at most `maxDepth` levels down: cheap enough for setup()."""
+def modelKind(path: str | Path) -> str | None:
+    """The kind of an unleash model file ('registration', 'sampler', ...), read from its safetensors header
+    (8 bytes of length, then JSON whose __metadata__ holds the config) without torch; None if unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if not 0 < length < 1 << 24:
+                return None
+            metadata = json.loads(handle.read(length)).get("__metadata__") or {}
+        return json.loads(metadata.get("config", "{}")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def findModels(folders: Iterable[str | Path], maxDepth: int = 2, kind: str | None = None) -> list[Path]:
+    """Model files (*.safetensors) in run folders, at most `maxDepth` levels down: cheap enough for setup().
+    With `kind`, only model files of that kind (a registration module lists no samplers)."""
     found: list[Path] = []
     for folder in folders:
         folder = Path(folder)
@@ -88,7 +104,8 @@ def findModels(folders: Iterable[str | Path], maxDepth: int = 2) -> list[Path]:
             found += sorted(p for p in folder.glob(pattern) if p.is_file() and p.parent.name != "checkpoints")
     unique: dict[str, Path] = {}
     for path in found:
-        unique.setdefault(str(path.resolve()), path)
+        if kind is None or modelKind(path) == kind:
+            unique.setdefault(str(path.resolve()), path)
     return list(unique.values())
 
 
@@ -142,3 +159,17 @@ def describeRun(summary: dict) -> str:
         return summary["name"] + ("  (model file)" if summary["finished"] else "")
     state = "model file" if summary["finished"] else "stopped, can be resumed"
     return f"{summary['name']}  ({summary['kind']}, step {summary['step']}/{summary['total']}, {state})"
+
+
+def copyTrainingPairs(samples: str | Path, target: str | Path) -> list[Path]:
+    """Copy the pair_NNNN_fixed/_moving files of a samples folder into `target` (made if missing), the layout
+    `unleash train --data` reads. Refuses, copying nothing, when a file of that name is already there."""
+    samples, target = Path(samples), Path(target)
+    files = sorted(samples.glob("pair_*_fixed.nii.gz")) + sorted(samples.glob("pair_*_moving.nii.gz"))
+    if not files:
+        raise ValueError(f"{samples} holds no sampled pairs")
+    clashes = [f.name for f in files if (target / f.name).exists()]
+    if clashes:
+        raise ValueError(f"{target} already has {clashes[0]} (choose an empty folder)")
+    target.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(f, target / f.name)) for f in files]
