@@ -66,12 +66,12 @@ def real_quality(limit: int) -> list[dict]:
     return rows
 
 
-def run_schedule(model: str | None, schedule: str, count: int, device: str, seed: int,
-                 folder: Path) -> tuple[dict, list[dict], float]:
+def run_schedule(model: str | None, schedule: str, count: int, device: str, seed: int, folder: Path,
+                 steps: int | None = None) -> tuple[dict, list[dict], float]:
     """(samples.json, quality rows, wall seconds) of one `unleash sample` process."""
     output = folder / schedule
-    command = sample_command(str(output), count, model=model, schedule=schedule, batch_size=count, device=device, seed=seed,
-                             python=sys.executable)
+    command = sample_command(str(output), count, model=model, schedule=schedule, steps=steps, batch_size=count, device=device,
+                             seed=seed, python=sys.executable)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     wall = time.perf_counter() - started
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=4, help="pairs per schedule, sampled as one batch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, help="steps of the fast schedule (default: its own default)")
     parser.add_argument("--real", type=int, default=10, help="real training pairs to compare with")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
@@ -99,7 +100,8 @@ def main() -> None:
                "denoiser_held_out_nll": (card.get("denoiser") or {}).get("validation_metrics"), "schedules": {}}
     with tempfile.TemporaryDirectory(prefix="unleash-sampler-bench-") as temporary:
         for schedule in ("maskgit", "paper"):
-            report, rows, wall = run_schedule(model, schedule, args.count, args.device, args.seed, Path(temporary))
+            steps = args.steps if schedule == "maskgit" else None
+            report, rows, wall = run_schedule(model, schedule, args.count, args.device, args.seed, Path(temporary), steps)
             results["schedules"][schedule] = {"steps": report["settings"]["steps"],
                                               "seconds": report["seconds"], "wall_s": round(wall, 1),
                                               "sampling_s_per_pair": round(report["seconds"]["sampling"] / args.count, 2),

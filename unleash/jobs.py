@@ -63,7 +63,8 @@ class Progress:
             filled = int(30 * fraction)
             tail = f" {eta:5.0f} s left" if eta else ""
             if extra.get("loss") is not None:  # training: the loss and the latest validation metric
-                tail = f" loss {extra['loss']:.4g}" + "".join(f" {k} {v:.4g}" for k, v in (extra.get("metric") or {}).items()) + tail
+                metrics = "".join(f" {k} {v:.4g}" for k, v in (extra.get("metric") or {}).items())
+                tail = f" loss {extra['loss']:.4g}{metrics}{tail}"
             end = "\n" if step >= total else ""
             self.stderr.write(f"\r{stage:<12} [{'#' * filled}{'.' * (30 - filled)}] {step}/{total}{tail}{end}")
             self.stderr.flush()

@@ -33,6 +33,6 @@ def pairs_preview_png(path, projections: list[tuple[np.ndarray, np.ndarray]], sp
         extent = (0, width * spacing_mm[0], 0, height * spacing_mm[2])
         ax.imshow(np.stack([fixed, moving, fixed], axis=-1), origin="lower", extent=extent, interpolation="nearest")
         ax.set_title(f"pair_{index + 1:04d}", fontsize=9)
-    figure.suptitle(title, fontsize=11)
+    figure.suptitle(title, fontsize=11 if columns > 2 else 7)  # one or two pairs: a narrow figure
     FigureCanvasAgg(figure)
     figure.savefig(path, format="png")
