@@ -110,7 +110,10 @@ def train(task, settings: TrainingSettings, folder: RunFolder | None, processes:
         network = network.to(memory_format=torch.channels_last_3d)
     if resume is not None:
         network.load_state_dict(resume.model)
-    model = DistributedDataParallel(network) if processes.distributed else network
+    if processes.distributed:  # one device per process: on CUDA, DDP is told which
+        model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        model = network
     optimiser = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     dtype = autocast_dtype(settings, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
