@@ -19,16 +19,11 @@ import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
-from slicer.util import VTKObservationMixin
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
 from UnleashCommon import pythonExecutable, slicerjobs
 from UnleashCommon.dependencies import ensureDependencies
 from UnleashCommon.engine import copyTrainingPairs
+from UnleashCommon.jobpanel import JobPanelWidget
 from UnleashCommon.runner import describeProgress
 
 from unleash.jobs import sample_command
@@ -82,80 +77,18 @@ class UnleashSamplerParameterNode:
 #
 
 
-class UnleashSamplerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class UnleashSamplerWidget(JobPanelWidget):
     def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
+        JobPanelWidget.__init__(self, parent)
         self.lastOutput = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
 
     def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/UnleashSampler.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = UnleashSamplerLogic()
-
+        self.setupPanel("UI/UnleashSampler.ui", UnleashSamplerLogic())
         self.ui.progressBar.visible = False
         self.ui.availabilityLabel.visible = False
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
-        self.ui.refreshDevicesButton.connect("clicked(bool)", self.onRefreshDevices)
         self.ui.scheduleComboBox.connect("currentIndexChanged(int)", self.onScheduleChanged)
         self.ui.saveTrainingFolderButton.connect("clicked(bool)", self.onSaveTrainingFolder)
-
-        self.initializeParameterNode()
-        slicerjobs.fillDeviceCombo(self.ui.deviceComboBox, self._parameterNode.device)
-
-    def cleanup(self) -> None:
-        self.logic.cancel()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-
-    def onDeviceChanged(self, index) -> None:
-        if self._parameterNode and index >= 0:
-            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
-
-    def onRefreshDevices(self) -> None:
-        self.ui.refreshDevicesButton.enabled = False
-
-        def done(info, error):
-            self.ui.refreshDevicesButton.enabled = True
-            if error:
-                self.ui.logTextEdit.appendPlainText(f"could not list the devices: {error}")
-            slicerjobs.fillDeviceCombo(self.ui.deviceComboBox, self._parameterNode.device if self._parameterNode else "auto")
-
-        slicerjobs.probeEngine(completedCallback=done)
 
     def onSaveTrainingFolder(self) -> None:
         target = qt.QFileDialog.getExistingDirectory(self.parent, _("Folder of training pairs"))
@@ -238,6 +171,8 @@ class UnleashSamplerLogic(ScriptedLoadableModuleLogic):
         """Stop the job; the engine writes nothing half-done (its output folder appears whole or not at all)."""
         if self.running:
             self.job.cancel()
+
+    stopJob = cancel
 
     @staticmethod
     def newOutputPath(outputFolder) -> str:

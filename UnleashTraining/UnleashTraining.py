@@ -22,16 +22,11 @@ import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
-from slicer.util import VTKObservationMixin
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
 from UnleashCommon import pythonExecutable, slicerjobs
 from UnleashCommon.dependencies import ensureDependencies
 from UnleashCommon.engine import defaultRunFolders, describeRun, listRuns, readMetrics, runSummary
+from UnleashCommon.jobpanel import JobPanelWidget
 from UnleashCommon.runner import describeProgress
 
 from unleash.jobs import train_command
@@ -84,31 +79,18 @@ class UnleashTrainingParameterNode:
 #
 
 
-class UnleashTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class UnleashTrainingWidget(JobPanelWidget):
     def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        JobPanelWidget.__init__(self, parent)
         self._fillingTable = False
 
     def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/UnleashTraining.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = UnleashTrainingLogic()
-
+        self.setupPanel("UI/UnleashTraining.ui", UnleashTrainingLogic())
         self.ui.progressBar.visible = False
         self.ui.availabilityLabel.visible = False
         header = self.ui.dataFoldersTable.horizontalHeader()
         header.setSectionResizeMode(0, qt.QHeaderView.Stretch)
         header.setSectionResizeMode(1, qt.QHeaderView.ResizeToContents)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.startButton.connect("clicked(bool)", self.onStartButton)
         self.ui.resumeButton.connect("clicked(bool)", self.onResumeButton)
         self.ui.stopButton.connect("clicked(bool)", self.onStopButton)
@@ -118,45 +100,12 @@ class UnleashTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.refreshRunsButton.connect("clicked(bool)", lambda _checked: self.updateRuns())
         self.ui.runFolderButton.connect("directoryChanged(QString)", self.updateRuns)
         self.ui.runsListWidget.connect("currentItemChanged(QListWidgetItem*,QListWidgetItem*)", self.onRunSelected)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
-        self.ui.refreshDevicesButton.connect("clicked(bool)", self.onRefreshDevices)
         self.ui.modelKindComboBox.connect("currentIndexChanged(int)", self.onKindChanged)
-
-        self.initializeParameterNode()
-        slicerjobs.fillDeviceCombo(self.ui.deviceComboBox, self._parameterNode.device)
         self.updateRuns()
         self.updateButtons()
 
-    def cleanup(self) -> None:
-        # closing Slicer or reloading the module stops the job the polite way: it saves a checkpoint first
-        self.logic.stopTraining()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.fillTable()
+    def onParameterNodeSet(self) -> None:
+        self.fillTable()
 
     def onKindChanged(self, index) -> None:
         """The engine's defaults for the kind (known once the engine was asked, see Refresh)."""
@@ -234,21 +183,6 @@ class UnleashTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRunSelected(self, current, previous) -> None:
         if current is not None and not self.logic.running:
             self.logic.plotRun(current.data(qt.Qt.UserRole))
-
-    def onDeviceChanged(self, index) -> None:
-        if self._parameterNode and index >= 0:
-            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
-
-    def onRefreshDevices(self) -> None:
-        self.ui.refreshDevicesButton.enabled = False
-
-        def done(info, error):
-            self.ui.refreshDevicesButton.enabled = True
-            if error:
-                self.ui.logTextEdit.appendPlainText(f"could not ask the engine: {error}")
-            slicerjobs.fillDeviceCombo(self.ui.deviceComboBox, self._parameterNode.device if self._parameterNode else "auto")
-
-        slicerjobs.probeEngine(completedCallback=done)
 
     # -- Start / Stop / Resume ---------------------------------------------------------------------------
 
@@ -415,6 +349,8 @@ class UnleashTrainingLogic(ScriptedLoadableModuleLogic):
         """Ask the running job to stop: it saves a resumable checkpoint, reports `stopped` and exits."""
         if self.running:
             self.job.cancel()
+
+    stopJob = stopTraining
 
     def _run(self, command, wait, onEvent, onFinished, keepPlot=False):
         if not keepPlot:
