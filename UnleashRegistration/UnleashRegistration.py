@@ -35,14 +35,14 @@ from slicer.util import VTKObservationMixin
 # UnleashCommon puts the engine on sys.path when the modules run from a source checkout (it is imported first).
 from UnleashCommon import pythonExecutable, slicerjobs
 from UnleashCommon.dependencies import ensureDependencies
-from UnleashCommon.engine import defaultRunFolders, findModels, lowMemoryWarning
+from UnleashCommon.engine import defaultRunFolders, lowMemoryWarning
 from UnleashCommon.landmarks import markupsToIjk, writeLandmarksCsv
+from UnleashCommon.modelchoice import BROWSE, fillModelCombo, selectComboData
 from UnleashCommon.results import reportHtml
 from UnleashCommon.runner import describeProgress, formatSeconds
 
 from unleash.jobs import register_command
 
-BROWSE = "__browse__"
 JACOBIAN_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"  # blue < 1 (compression) < red
 
 #
@@ -215,30 +215,18 @@ class UnleashRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     def selectComboData(self, combo, data, addLabel=None) -> None:
         self._updatingCombos = True
         try:
-            for index in range(combo.count):
-                if combo.itemData(index) == data:
-                    combo.currentIndex = index
-                    return
-            if addLabel:
-                combo.insertItem(combo.count - 1, os.path.basename(addLabel), data)
-                combo.currentIndex = combo.count - 2
+            selectComboData(combo, data, addLabel)
         finally:
             self._updatingCombos = False
 
     def populateModels(self) -> None:
         self._updatingCombos = True
         try:
-            combo = self.ui.modelComboBox
-            combo.clear()
-            combo.addItem(_("Shipped default model"), "")
-            for path in findModels(defaultRunFolders(), kind="registration"):
-                combo.addItem(f"{path.parent.name}/{path.name}", str(path))
-                combo.setItemData(combo.count - 1, str(path), qt.Qt.ToolTipRole)
-            combo.addItem(_("Browse for a model file..."), BROWSE)
+            fillModelCombo(self.ui.modelComboBox, "registration", _("Shipped default model"), _("Browse for a model file..."))
         finally:
             self._updatingCombos = False
         if self._parameterNode:
-            self.selectComboData(combo, self._parameterNode.modelPath, addLabel=self._parameterNode.modelPath)
+            self.selectComboData(self.ui.modelComboBox, self._parameterNode.modelPath, addLabel=self._parameterNode.modelPath)
 
     def onModelActivated(self, index) -> None:
         if self._updatingCombos or not self._parameterNode:

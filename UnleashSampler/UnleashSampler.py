@@ -22,8 +22,9 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
 from UnleashCommon import pythonExecutable, slicerjobs
 from UnleashCommon.dependencies import ensureDependencies
-from UnleashCommon.engine import copyTrainingPairs
+from UnleashCommon.engine import copyTrainingPairs, defaultRunFolders
 from UnleashCommon.jobpanel import JobPanelWidget
+from UnleashCommon.modelchoice import BROWSE, fillModelCombo, selectComboData
 from UnleashCommon.runner import describeProgress
 
 from unleash.jobs import sample_command
@@ -70,6 +71,7 @@ class UnleashSamplerParameterNode:
     device: str = "auto"
     outputFolder: pathlib.Path = pathlib.Path.home() / "unleash-samples"
     loadIntoScene: bool = True
+    modelPath: str = ""  # "": the shipped sampler (the combo box is filled from disk, so it is not bound by connectGui)
 
 
 #
@@ -89,6 +91,25 @@ class UnleashSamplerWidget(JobPanelWidget):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.scheduleComboBox.connect("currentIndexChanged(int)", self.onScheduleChanged)
         self.ui.saveTrainingFolderButton.connect("clicked(bool)", self.onSaveTrainingFolder)
+        self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
+        fillModelCombo(self.ui.modelComboBox, "sampler", _("Shipped sampler"), _("Browse for a model file..."))
+        self.onParameterNodeSet()
+
+    def onParameterNodeSet(self) -> None:
+        if self.ui is not None and self.ui.modelComboBox.count:
+            path = self._parameterNode.modelPath
+            selectComboData(self.ui.modelComboBox, path, addLabel=path)
+
+    def onModelActivated(self, index) -> None:
+        if not self._parameterNode:
+            return
+        data = self.ui.modelComboBox.itemData(index)
+        if data == BROWSE:
+            path = qt.QFileDialog.getOpenFileName(self.parent, _("Choose a sampler model"), str(defaultRunFolders()[0]),
+                                                  _("Unleash model files (*.safetensors)"))
+            data = path or self._parameterNode.modelPath
+        self._parameterNode.modelPath = data or ""
+        selectComboData(self.ui.modelComboBox, self._parameterNode.modelPath, addLabel=self._parameterNode.modelPath)
 
     def onSaveTrainingFolder(self) -> None:
         target = qt.QFileDialog.getExistingDirectory(self.parent, _("Folder of training pairs"))
@@ -143,7 +164,7 @@ class UnleashSamplerWidget(JobPanelWidget):
         with slicer.util.tryWithErrorDisplay(_("Could not start sampling."), waitCursor=True):
             self.logic.samplePairs(numberOfPairs=p.numberOfPairs, schedule=p.schedule, steps=p.steps,
                                    temperature=p.temperature, seed=p.seed, device=p.device,
-                                   modelPath=self.ui.modelPathLineEdit.currentPath or None,
+                                   modelPath=p.modelPath or None,
                                    outputFolder=str(p.outputFolder), loadIntoScene=p.loadIntoScene, wait=False,
                                    onEvent=onEvent, onFinished=onFinished)
 
