@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,7 +22,7 @@ from ..jobs import Progress
 from ..losses import gaussian_blur, occupancy_mse
 from ..models.registration import RegistrationConfig, TwoStepRegistration
 from ..outputs import landmark_errors_mm
-from ..register import network_fields, prepare_pair
+from ..register import PreparedPair, network_fields, prepare_pair
 from .data import Mixture, Source, pair_files, read_pair
 from .previews import coronal_projection, pair_panels_png
 
@@ -82,6 +84,16 @@ def _lattices(pair, config: RegistrationConfig, device) -> tuple[torch.Tensor, t
     return a.to(device), b.to(device)
 
 
+class ValidationPair(NamedTuple):
+    """A held-out pair, prepared once: lattices (for the loss and previews) and occupancies on the device."""
+
+    name: str
+    pair: PreparedPair
+    landmarks: Path | None
+    lattices: tuple[torch.Tensor, torch.Tensor]
+    occupancies: tuple[torch.Tensor, torch.Tensor]
+
+
 class RegistrationTrainer:
     """The registration task for the shared loop (loop.py)."""
 
@@ -98,15 +110,20 @@ class RegistrationTrainer:
                            for files in pairs])
             self.names += [files.name for files in pairs]
         self.data = Mixture(groups, [source.weight for source in sources])
-        self.validation = []  # (name, prepared pair, landmark csv or None)
+        self.validation: list[ValidationPair] = []
         for pairs in pair_files(validation):
             progress.log(f"reading {len(pairs)} validation pairs")
-            self.validation += [(files.name, prepare_pair(*read_pair(files), config, inputs="vessels"), files.landmarks)
-                                for files in pairs]
-        has_landmarks = bool(self.validation) and all(csv is not None for _, _, csv in self.validation)
+            for files in pairs:
+                pair = prepare_pair(*read_pair(files), config, inputs="vessels")
+                self.validation.append(ValidationPair(files.name, pair, files.landmarks, _lattices(pair, config, device),
+                                                      (pair.fixed_occupancy.to(device), pair.moving_occupancy.to(device))))
+        has_landmarks = bool(self.validation) and all(v.landmarks is not None for v in self.validation)
         self.metric = ("tre_mm" if has_landmarks else "validation_loss") if self.validation else None
         self.higher_is_better = False
         self.validation_columns = ["tre_mm", "tre_before_mm"] if has_landmarks else ["validation_loss"]
+        # the misalignment before registration does not change during training
+        self.tre_before_mm = float(np.concatenate([landmark_errors_mm(v.pair, None, v.landmarks)
+                                                   for v in self.validation]).mean()) if has_landmarks else None
 
     def network(self) -> TwoStepRegistration:
         return TwoStepRegistration(self.model_config)
@@ -130,22 +147,20 @@ class RegistrationTrainer:
     def validate(self, network: TwoStepRegistration) -> dict:
         network.eval()
         if self.metric == "validation_loss":
-            losses = [registration_loss(network, *_lattices(pair, self.model_config, self.device), self.settings,
-                                        self.model_config.lattice_mm)[0].item() for _, pair, _ in self.validation]
+            losses = [registration_loss(network, *v.lattices, self.settings, self.model_config.lattice_mm)[0].item()
+                      for v in self.validation]
             return {"validation_loss": float(np.mean(losses))}
-        before, after = [], []
-        for _, pair, csv in self.validation:
-            forward, _ = network_fields(network, pair.fixed_occupancy.to(self.device), pair.moving_occupancy.to(self.device))
-            after.append(landmark_errors_mm(pair, forward[0].float().cpu().numpy(), csv, field_grid=pair.grid))
-            before.append(landmark_errors_mm(pair, None, csv))
-        return {"tre_mm": float(np.concatenate(after).mean()), "tre_before_mm": float(np.concatenate(before).mean())}
+        after = []
+        for v in self.validation:
+            forward, _ = network_fields(network, *v.occupancies)
+            after.append(landmark_errors_mm(v.pair, forward[0].float().cpu().numpy(), v.landmarks, field_grid=v.pair.grid))
+        return {"tre_mm": float(np.concatenate(after).mean()), "tre_before_mm": self.tre_before_mm}
 
     @torch.no_grad()
     def preview(self, network: TwoStepRegistration, path) -> None:
         """Coronal projections of a validation (else training) pair before and after warping."""
         network.eval()
-        a, b = _lattices(self.validation[0][1], self.model_config, self.device) if self.validation \
-            else self.data.groups[0][0]
+        a, b = self.validation[0].lattices if self.validation else self.data.groups[0][0]
         forward, _ = network(a, b)
         warped = fields.warp(b, forward, self.model_config.lattice_mm)
         fixed = coronal_projection(a[0, 0])
@@ -154,4 +169,4 @@ class RegistrationTrainer:
                         "fixed (magenta) and moving (green)")
 
     def card(self) -> dict:
-        return {"trained_on": self.names, "validated_on": [name for name, _, _ in self.validation]}
+        return {"trained_on": self.names, "validated_on": [v.name for v in self.validation]}

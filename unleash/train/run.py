@@ -57,7 +57,7 @@ def default_config(kind: str) -> dict:
 
 
 def new_run_config(options: TrainOptions) -> dict:
-    """Defaults < --config FILE < command-line options; every part is checked here."""
+    """Defaults < --config FILE < command-line options (checked by parse_config before anything is written)."""
     config = default_config(options.kind)
     if options.config:
         values = read_config_file(options.config)
@@ -80,7 +80,6 @@ def new_run_config(options: TrainOptions) -> dict:
         if options.kind != "denoiser":
             raise UserError("--vqae belongs to denoiser training (the VQ-AE whose tokens the denoiser learns)")
         config["vqae"] = str(Path(options.vqae).resolve())
-    parse_config(config)
     return config
 
 

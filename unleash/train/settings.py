@@ -11,7 +11,7 @@ RUNDIR/config.json so that a run can be read, repeated and resumed.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..errors import UserError
@@ -84,7 +84,3 @@ def read_config_file(path: str | Path) -> dict:
     if unknown:
         raise UserError(f"{path}: unknown config section(s): {', '.join(sorted(unknown))} (known: kind, model, training, task)")
     return values
-
-
-def settings_dict(settings) -> dict:
-    return asdict(settings)

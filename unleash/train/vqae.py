@@ -17,7 +17,7 @@ from ..encode import dice, occupancy_ijk, token_volume_grid
 from ..jobs import Progress
 from ..models.vqae import VQAEConfig, VQAutoEncoder
 from .data import Mixture, Source, pair_files, read_pair, read_token_grids
-from .previews import pair_panels_png
+from .previews import coronal_projection, pair_panels_png
 
 
 @dataclass
@@ -143,8 +143,8 @@ class VQAETrainer:
         item = self.validation[0][1] if self.validation else self.data.groups[0][0]
         pair = item["pair"]
         _, reconstruction = self._reconstruct(network, item)
-        # (2, I, J, K): project along j, the anterior-posterior axis; transpose to (K, I) so superior is up
-        project = [volume.float().amax(dim=1).T.cpu().numpy() for volume in (pair[0], pair[1], *reconstruction)]
+        # volumes (I, J, K) -> the [k, j, i] order that coronal_projection takes
+        project = [coronal_projection(volume.permute(2, 1, 0)) for volume in (pair[0], pair[1], *reconstruction)]
         pair_panels_png(path, [("pair", project[0], project[1]), ("reconstruction", project[2], project[3])],
                         "fixed (magenta) and moving (green)")
 
