@@ -8,7 +8,7 @@ import torch
 
 from unleash.geometry import Grid, Volume, read_volume, resample, write_image
 from unleash.synthetic import example_pair
-from unleash.workgrid import field_to_grid, occupancy_on, work_grid
+from unleash.workgrid import field_to_grid, finer, occupancy_on, work_grid
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,23 @@ def test_another_spacing_gives_nearly_the_same_work_grid_occupancy(pair):
     coarse, refined = occupancy_on(grid, fixed), occupancy_on(grid, finer)
     assert (coarse - refined).abs().sum() / coarse.sum() < 0.15
     assert abs(float(refined.sum() / coarse.sum()) - 1) < 0.05
+
+
+def test_the_finer_grid_covers_the_same_box_and_its_occupancy_averages_to_the_work_grid(pair):
+    """The refinement's last level reads the vessels at 1 mm on a grid over the work grid's box."""
+    fixed = pair[0]
+    grid = work_grid(np.array([5.0, -20.0, -150.0]), (41, 33, 45), 4.0)
+    fine = finer(grid, 4)
+    corners = np.array([[0, 0, 0], [40, 32, 44]], np.float64)
+    assert np.allclose(fine.index_to_physical(corners * 4), grid.index_to_physical(corners))
+    coarse = occupancy_on(grid, fixed)
+    detailed = occupancy_on(fine, fixed, supersample=1)
+    assert detailed.shape[2:] == fine.shape_zyx == (177, 129, 161)
+    assert abs(float(detailed.mean() / coarse.mean()) - 1) < 0.1
+    def partial_share(occupancy):  # voxels that a vessel only partly fills, among those it touches
+        touched = occupancy[occupancy > 0]
+        return float((touched < 1).float().mean())
+    assert partial_share(detailed) < 0.9 * partial_share(coarse)  # the detail the finer grid keeps
 
 
 def test_fields_mapped_to_a_reoriented_grid_agree_at_the_same_physical_points(pair):

@@ -14,7 +14,7 @@ import torch
 from . import fields, vessels, workgrid
 from .geometry import Grid, Volume
 from .models.registration import RegistrationConfig, TwoStepRegistration
-from .optimise import RefineConfig, refine
+from .optimise import Occupancy, RefineConfig, refine
 
 
 @dataclass
@@ -66,7 +66,6 @@ class Registration:
 def register_prepared(pair: PreparedPair, network: TwoStepRegistration | None, refine_config: RefineConfig | None,
                       device: torch.device, on_progress=None) -> Registration:
     """Network prediction, then refinement on the pair: phi = phi_net o exp(r), phi^-1 = exp(-r) o phi_net^-1."""
-    spacing = pair.grid.spacing_mm[0]
     a = pair.fixed_occupancy.to(device)
     b = pair.moving_occupancy.to(device)
     seconds = {}
@@ -78,20 +77,44 @@ def register_prepared(pair: PreparedPair, network: TwoStepRegistration | None, r
     else:
         forward = inverse = torch.zeros(1, 3, *a.shape[2:], device=device)
     seconds["network"] = time.perf_counter() - start
-    if refine_config is not None and sum(refine_config.iterations) > 0:
+    if refine_config is not None and refine_config.total_iterations > 0:
         start = time.perf_counter()
-        # An identity prediction (e.g. the antisymmetric network on identical scans) must leave the
-        # scan untouched: resampling adds rounding noise, which Adam would amplify into motion.
-        moving_warped = fields.warp(b, forward, spacing) if bool(forward.any()) else b
-        velocity = refine(a, moving_warped, spacing, refine_config, on_progress)
-        lattice_spacing = (a.shape[-1] - 1) * spacing / (velocity.shape[-1] - 1)
-        with torch.no_grad():
-            r_forward = fields.resize(fields.exp(velocity, lattice_spacing, refine_config.squaring_steps), a.shape[2:])
-            r_inverse = fields.resize(fields.exp(-velocity, lattice_spacing, refine_config.squaring_steps), a.shape[2:])
-            forward = fields.compose(forward, r_forward, spacing)
-            inverse = fields.compose(r_inverse, inverse, spacing)
+        forward, inverse = _refined(pair, forward, inverse, refine_config, device, on_progress)
         seconds["refinement"] = time.perf_counter() - start
     return Registration(forward.cpu(), inverse.cpu(), seconds)
+
+
+def _refined(pair: PreparedPair, forward: torch.Tensor, inverse: torch.Tensor, config: RefineConfig,
+             device: torch.device, on_progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """phi o exp(r) and exp(-r) o phi^-1 on the work grid (see optimise.py)."""
+    spacing = pair.grid.spacing_mm[0]
+    grids = [(pair.grid, pair.fixed_occupancy.to(device), pair.moving_occupancy.to(device))]
+    factor = round(spacing / config.finest_image_mm)
+    if factor > 1:  # a level asks for the vessels finer than the work grid: from the scans' own masks
+        fine = workgrid.finer(pair.grid, factor)
+        grids.append((fine, workgrid.occupancy_on(fine, pair.fixed_vessels, supersample=1).to(device),
+                      workgrid.occupancy_on(fine, pair.moving_vessels, supersample=1).to(device)))
+    images = [Occupancy(fixed, _warped(moving, forward, spacing), grid.spacing_mm[0]) for grid, fixed, moving in grids]
+    del grids
+    velocity = refine(images, config, on_progress)
+    del images
+    lattice_spacing = (forward.shape[-1] - 1) * spacing / (velocity.shape[-1] - 1)
+    shape = forward.shape[2:]
+    with torch.no_grad():
+        r_forward = fields.resize(fields.exp(velocity, lattice_spacing, config.squaring_steps), shape)
+        r_inverse = fields.resize(fields.exp(-velocity, lattice_spacing, config.squaring_steps), shape)
+        return fields.compose(forward, r_forward, spacing), fields.compose(r_inverse, inverse, spacing)
+
+
+def _warped(moving: torch.Tensor, displacement_mm: torch.Tensor, work_spacing_mm: float) -> torch.Tensor:
+    """moving (1, 1, D, H, W) on a grid over the work box, pulled back through a work-grid displacement.
+    An identity (e.g. the antisymmetric network on identical scans) leaves the scan untouched:
+    resampling adds rounding noise, which Adam would amplify into motion."""
+    if not bool(displacement_mm.any()):
+        return moving
+    spacing = (displacement_mm.shape[-1] - 1) * work_spacing_mm / (moving.shape[-1] - 1)
+    with torch.no_grad():
+        return fields.warp(moving, fields.resize(displacement_mm, moving.shape[2:]), spacing)
 
 
 def _autocast(device: torch.device):

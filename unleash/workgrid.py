@@ -19,13 +19,24 @@ def work_grid(center_lps: np.ndarray, shape_xyz, spacing_mm: float) -> Grid:
     return network_grid(center_lps, shape_xyz, spacing_mm)
 
 
-def occupancy_on(grid: Grid, vessels: Volume) -> torch.Tensor:
-    """Share of each work voxel covered by vessels, (1, 1, D, H, W) float32 in [0, 1]."""
-    fine = Grid(tuple(2 * s for s in grid.size), tuple(s / 2 for s in grid.spacing_mm),
-                tuple(o - s / 4 for o, s in zip(grid.origin_lps, grid.spacing_mm)))
+def occupancy_on(grid: Grid, vessels: Volume, supersample: int = 2) -> torch.Tensor:
+    """Share of each voxel of `grid` covered by vessels, (1, 1, D, H, W) float32 in [0, 1]: the
+    binary vessels are sampled `supersample` times finer along each axis and averaged down."""
     binary = vessels.with_array((vessels.array > 0).astype(np.float32))
+    if supersample == 1:
+        return torch.from_numpy(resample(binary, grid).array)[None, None]
+    s = supersample
+    fine = Grid(tuple(s * n for n in grid.size), tuple(h / s for h in grid.spacing_mm),
+                tuple(o - h / 2 + h / (2 * s) for o, h in zip(grid.origin_lps, grid.spacing_mm)))
     fine_occupancy = torch.from_numpy(resample(binary, fine).array)[None, None]
-    return F.avg_pool3d(fine_occupancy, 2)
+    return F.avg_pool3d(fine_occupancy, s)
+
+
+def finer(grid: Grid, factor: int) -> Grid:
+    """The grid over the same box (first and last voxel centres kept) with `factor` times the voxels
+    per mm, e.g. the 1 mm grid of a 2 mm work grid for refinement on the scans' full resolution."""
+    return Grid(tuple((n - 1) * factor + 1 for n in grid.size), tuple(h / factor for h in grid.spacing_mm),
+                grid.origin_lps, grid.direction)
 
 
 def lung_center_lps(vessels: Volume, lungs: np.ndarray) -> np.ndarray:
