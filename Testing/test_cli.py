@@ -96,6 +96,7 @@ def damaged_model(tiny_model: Path, folder: Path) -> Path:
     ("model_no_header", "not an unleash model file"),
     ("landmarks_missing", "no such landmark file"),
     ("device", "CUDA is not available"),
+    ("start_without_io", "--start identity needs --refinement io"),
 ])
 def test_bad_input_gets_one_clear_line_and_writes_nothing(case, expected, scans, tiny_model, tmp_path, capsys):
     if case == "device":
@@ -117,6 +118,8 @@ def test_bad_input_gets_one_clear_line_and_writes_nothing(case, expected, scans,
         extra += ["--landmarks", str(scans / "absent.csv")]
     elif case == "device":
         extra += ["--device", "cuda"]
+    elif case == "start_without_io":
+        extra += ["--start", "identity", "--refinement", "tta"]
     out = tmp_path / "out"
     code, err = run_cli(["register", str(fixed), str(moving), "-o", str(out), "--adapt-iters", "2", *extra], capsys)
     assert_one_clear_line(code, err, expected)

@@ -23,11 +23,12 @@ def _register_options(args):
     from .pipeline import RegisterOptions
 
     return RegisterOptions(model=args.model, device=args.device, inputs=args.inputs, refinement=args.refinement,
-                           adapt_iters=args.adapt_iters, landmarks=getattr(args, "landmarks", None), seed=args.seed)
+                           start=args.start, adapt_iters=args.adapt_iters,
+                           landmarks=getattr(args, "landmarks", None), seed=args.seed)
 
 
 def _add_register_options(parser: argparse.ArgumentParser) -> None:
-    from .pipeline import DEFAULT_ADAPT_ITERS, REFINEMENTS
+    from .pipeline import DEFAULT_ADAPT_ITERS, REFINEMENTS, STARTS
 
     parser.add_argument("--model", help="registration model file (default: the shipped model)")
     parser.add_argument("--inputs", choices=["auto", "vessels", "ct"], default="auto",
@@ -36,6 +37,8 @@ def _add_register_options(parser: argparse.ArgumentParser) -> None:
                         help=f"refinement iterations on the pair (default: {DEFAULT_ADAPT_ITERS}; 0: network only)")
     parser.add_argument("--refinement", choices=REFINEMENTS, default="io",
                         help="io: instance optimisation of the field (default); tta: test-time adaptation of the network")
+    parser.add_argument("--start", choices=STARTS, default="network",
+                        help="network: refine the network's prediction (default); identity: instance optimisation alone")
     _add_common(parser)
 
 

@@ -27,6 +27,9 @@ from .outputs import (
 from .register import prepare_pair, register_prepared
 
 REFINEMENTS = ("io", "tta", "none")
+# Where the refinement starts: the network's prediction, or the identity (instance optimisation
+# alone; measured better with the shipped CPU-trained network, see the README).
+STARTS = ("network", "identity")
 # Total refinement iterations of the default; the benchmark in benchmarks/registration.py measured
 # the trade-off between TRE and seconds that chose it (see the model card).
 DEFAULT_ADAPT_ITERS = sum(RefineConfig().iterations)
@@ -38,6 +41,7 @@ class RegisterOptions:
     device: str = "auto"
     inputs: str = "auto"
     refinement: str = "io"
+    start: str = "network"
     adapt_iters: int = DEFAULT_ADAPT_ITERS
     landmarks: str | None = None
     seed: int = 0
@@ -50,6 +54,10 @@ def register_files(fixed_path, moving_path, output_dir, options: RegisterOptions
     seconds: dict[str, float] = {}
     if options.refinement not in REFINEMENTS:
         raise UserError(f"unknown refinement {options.refinement!r} (use {', '.join(REFINEMENTS)})")
+    if options.start not in STARTS:
+        raise UserError(f"unknown start {options.start!r} (use {', '.join(STARTS)})")
+    if options.start == "identity" and options.refinement != "io":
+        raise UserError("--start identity needs --refinement io: there is no network to adapt or to use alone")
     if options.adapt_iters < 0:
         raise UserError("--adapt-iters must be 0 or more")
     if options.landmarks is not None and not Path(options.landmarks).is_file():
@@ -78,7 +86,8 @@ def register_files(fixed_path, moving_path, output_dir, options: RegisterOptions
                         options.adapt_iters, on_iteration=on_step)
         seconds["adaptation"] = time.perf_counter() - tick
     refine_config = RefineConfig().scaled(options.adapt_iters) if options.refinement == "io" else None
-    registration = register_prepared(pair, network, refine_config, device, on_step)
+    start_network = network if options.start == "network" else None
+    registration = register_prepared(pair, start_network, refine_config, device, on_step)
     seconds.update(registration.seconds)
 
     tick = time.perf_counter()
@@ -88,7 +97,7 @@ def register_files(fixed_path, moving_path, output_dir, options: RegisterOptions
         "fixed": str(fixed_path), "moving": str(moving_path), "inputs": pair.inputs,
         "device": describe(device),
         "model": {"id": model_id(options.model, "registration"), "path": str(options.model or DEFAULTS["registration"])},
-        "refinement": {"method": options.refinement, "iterations": options.adapt_iters},
+        "refinement": {"method": options.refinement, "iterations": options.adapt_iters, "start": options.start},
         "work_grid": pair.grid.to_json(),
         **deformation_quality(pair, registration, scan),
     }
