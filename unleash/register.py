@@ -100,10 +100,10 @@ def _refined(pair: PreparedPair, forward: torch.Tensor, inverse: torch.Tensor, c
     del images
     lattice_spacing = (forward.shape[-1] - 1) * spacing / (velocity.shape[-1] - 1)
     shape = forward.shape[2:]
-    with torch.no_grad():
-        r_forward = fields.resize(fields.exp(velocity, lattice_spacing, config.squaring_steps), shape)
-        r_inverse = fields.resize(fields.exp(-velocity, lattice_spacing, config.squaring_steps), shape)
-        return fields.compose(forward, r_forward, spacing), fields.compose(r_inverse, inverse, spacing)
+    with torch.no_grad():  # exp(r) and exp(-r) as one batch of two, as in the refinement's loss
+        r_forward, r_inverse = fields.resize(fields.exp(torch.cat([velocity, -velocity]), lattice_spacing,
+                                                        config.squaring_steps), shape)
+        return fields.compose(forward, r_forward[None], spacing), fields.compose(r_inverse[None], inverse, spacing)
 
 
 def _warped(moving: torch.Tensor, displacement_mm: torch.Tensor, work_spacing_mm: float) -> torch.Tensor:

@@ -23,9 +23,7 @@ def occupancy_on(grid: Grid, vessels: Volume, supersample: int = 2) -> torch.Ten
     """Share of each voxel of `grid` covered by vessels, (1, 1, D, H, W) float32 in [0, 1]: the
     binary vessels are sampled `supersample` times finer along each axis and averaged down."""
     binary = vessels.with_array((vessels.array > 0).astype(np.float32))
-    if supersample == 1:
-        return torch.from_numpy(resample(binary, grid).array)[None, None]
-    s = supersample
+    s = supersample  # 1: plain linear resampling onto `grid` (the fine grid is `grid` itself)
     fine = Grid(tuple(s * n for n in grid.size), tuple(h / s for h in grid.spacing_mm),
                 tuple(o - h / 2 + h / (2 * s) for o, h in zip(grid.origin_lps, grid.spacing_mm)))
     fine_occupancy = torch.from_numpy(resample(binary, fine).array)[None, None]
