@@ -97,6 +97,7 @@ def damaged_model(tiny_model: Path, folder: Path) -> Path:
     ("landmarks_missing", "no such landmark file"),
     ("device", "CUDA is not available"),
     ("start_without_io", "--start identity needs --refinement io"),
+    ("start_without_iterations", "--start identity needs --refinement io and --adapt-iters above 0"),
 ])
 def test_bad_input_gets_one_clear_line_and_writes_nothing(case, expected, scans, tiny_model, tmp_path, capsys):
     if case == "device":
@@ -120,6 +121,8 @@ def test_bad_input_gets_one_clear_line_and_writes_nothing(case, expected, scans,
         extra += ["--device", "cuda"]
     elif case == "start_without_io":
         extra += ["--start", "identity", "--refinement", "tta"]
+    elif case == "start_without_iterations":
+        extra += ["--start", "identity", "--adapt-iters", "0"]
     out = tmp_path / "out"
     code, err = run_cli(["register", str(fixed), str(moving), "-o", str(out), "--adapt-iters", "2", *extra], capsys)
     assert_one_clear_line(code, err, expected)

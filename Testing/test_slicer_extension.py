@@ -458,13 +458,14 @@ def test_registration_job_command_parses_with_the_cli(tmp_path, tiny_model):
     python = str(tmp_path / "Slicer" / "bin" / "PythonSlicer")
     landmarks = writeLandmarksCsv(tmp_path / "landmarks.csv", [(1, 2, 3)], [(2, 3, 4)])
     command = register_command(tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", tmp_path / "output", model=str(tiny_model),
-                               device="cuda:0", adapt_iters=20, landmarks=str(landmarks), python=python)
+                               device="cuda:0", adapt_iters=20, landmarks=str(landmarks), start="network", python=python)
     assert command[:4] == [python, "-m", "unleash", "register"]
     args = build_parser().parse_args(command[3:])
     assert args.run is cmd_register
     assert (args.fixed, args.moving, args.output) == (str(tmp_path / "fixed.nrrd"), str(tmp_path / "moving.nrrd"),
                                                      str(tmp_path / "output"))
-    assert (args.model, args.device, args.adapt_iters, args.landmarks) == (str(tiny_model), "cuda:0", 20, str(landmarks))
+    assert (args.model, args.device, args.adapt_iters, args.landmarks, args.start) == \
+        (str(tiny_model), "cuda:0", 20, str(landmarks), "network")
     assert args.progress == "json" and args.overwrite
 
     # as the module builds it with the defaults: no model, the engine's own iterations
@@ -473,7 +474,7 @@ def test_registration_job_command_parses_with_the_cli(tmp_path, tiny_model):
     command = register_command("f.nrrd", "m.nrrd", "out", model=None, device="auto", adapt_iters=None, landmarks=None,
                                python=python)
     args = build_parser().parse_args(command[3:])
-    assert args.model is None and args.adapt_iters == DEFAULT_ADAPT_ITERS and args.landmarks is None
+    assert args.model is None and args.adapt_iters == DEFAULT_ADAPT_ITERS and args.landmarks is None and args.start is None
 
 
 def test_the_training_module_calls_train_command_with_its_real_keywords():
@@ -790,6 +791,9 @@ def test_result_box_shows_runtime_folding_inverse_consistency_and_tre():
     assert rows["Folding (J \u2264 0)"].startswith("0.0012 % of voxels")
     assert rows["Inverse consistency"].startswith("0.031 mm mean")
     assert "TRE" not in rows
+    assert rows["Refinement"] == "io, 220 iterations"
+    report["refinement"]["start"] = "identity"
+    assert dict(reportSummary(report))["Refinement"] == "io, 220 iterations, from the identity"
     report["tre_before_mm"] = {"mean": 8.2, "p50": 7.0, "count": 100}
     report["tre_after_mm"] = {"mean": 1.23, "p50": 1.1, "count": 100}
     assert dict(reportSummary(report))["TRE"] == "8.20 mm \u2192 1.23 mm mean, 1.10 mm median (100 landmarks)"

@@ -81,6 +81,7 @@ class UnleashRegistrationParameterNode:
 
     refinementIterations: -1 means the engine's default (shown in the spin box once the engine was asked).
     modelPath: "" means the model shipped with the extension. device: auto, cpu or cuda:N.
+    startFromNetwork: refine the model's prediction (--start network) instead of the engine's default start.
     """
 
     # typing.Union with None: the wrapper needs None in the union to store "nothing selected"
@@ -90,6 +91,7 @@ class UnleashRegistrationParameterNode:
     movingLandmarks: vtkMRMLMarkupsFiducialNode
     modelPath: str = ""
     refinementIterations: Annotated[int, WithinRange(-1, 5000)] = -1
+    startFromNetwork: bool = False
     device: str = "auto"
     keepFiles: bool = False
     showGrid: bool = True
@@ -235,7 +237,13 @@ class UnleashRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if data == BROWSE:
             self.onBrowseModel()
         else:
-            self._parameterNode.modelPath = data or ""
+            self.setModelPath(data or "")
+
+    def setModelPath(self, path: str) -> None:
+        """A model of the user's own is there to be used: start the refinement from its prediction."""
+        self._parameterNode.modelPath = path
+        if path:
+            self._parameterNode.startFromNetwork = True
 
     def onBrowseModel(self) -> None:
         current = self._parameterNode.modelPath if self._parameterNode else ""
@@ -243,7 +251,7 @@ class UnleashRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         path = qt.QFileDialog.getOpenFileName(self.parent, _("Choose a registration model"), start,
                                               _("Unleash model files (*.safetensors)"))
         if path and self._parameterNode:
-            self._parameterNode.modelPath = path
+            self.setModelPath(path)
             current = path
         self.selectComboData(self.ui.modelComboBox, current, addLabel=current)
 
@@ -298,8 +306,8 @@ class UnleashRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 fixedLandmarksNode=p.fixedLandmarks, movingLandmarksNode=p.movingLandmarks,
                 modelPath=p.modelPath or None,
                 refinementIterations=None if p.refinementIterations < 0 else p.refinementIterations,
-                device=p.device, keepFiles=p.keepFiles, gridSpacingMm=p.gridSpacingMm, showGrid=p.showGrid,
-                showJacobian=p.showJacobian, parameterNode=p, wait=False,
+                startFromNetwork=p.startFromNetwork, device=p.device, keepFiles=p.keepFiles,
+                gridSpacingMm=p.gridSpacingMm, showGrid=p.showGrid, showJacobian=p.showJacobian, parameterNode=p, wait=False,
                 logCallback=self.appendLog, progressCallback=self.onProgress, completedCallback=self.onCompleted)
             if job is None:  # the user declined to install the dependencies
                 self.ui.resultLabel.text = _("Not run: the Python packages it needs are not installed.")
@@ -440,15 +448,16 @@ class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
     # -- the registration ------------------------------------------------------------------------------
 
     def registerVolumes(self, fixedVolumeNode, movingVolumeNode, fixedLandmarksNode=None, movingLandmarksNode=None,
-                        modelPath=None, refinementIterations=None, device="auto", keepFiles=False,
-                        gridSpacingMm=15.0, showGrid=True, showJacobian=True, installDependencies=True,
+                        modelPath=None, refinementIterations=None, startFromNetwork=False, device="auto",
+                        keepFiles=False, gridSpacingMm=15.0, showGrid=True, showJacobian=True, installDependencies=True,
                         parameterNode=None, wait=True, timeoutS=None,
                         logCallback=None, progressCallback=None, completedCallback=None):
         """Register movingVolumeNode to fixedVolumeNode (scalar volumes, label maps or segmentations).
 
         fixedLandmarksNode/movingLandmarksNode: markups point lists of the same length, in corresponding order;
         the report then has the TRE before and after. modelPath None: the shipped model. refinementIterations
-        None: the engine's default. device: "auto", "cpu", "cuda:N". keepFiles: keep the job's folder.
+        None: the engine's default. startFromNetwork: refine the model's prediction instead of starting from the
+        engine's default. device: "auto", "cpu", "cuda:N". keepFiles: keep the job's folder.
         """
         missing = self.missingInputs(fixedVolumeNode, movingVolumeNode)
         if missing:
@@ -470,6 +479,7 @@ class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
                 workDir, fixedVolumeNode, movingVolumeNode, fixedLandmarksNode, movingLandmarksNode, log)
             command = register_command(fixedPath, movingPath, os.path.join(workDir, "output"), model=modelPath or None,
                                        device=device or "auto", adapt_iters=refinementIterations, landmarks=landmarksPath,
+                                       start="network" if startFromNetwork else None,
                                        python=pythonExecutable())
         except Exception:
             if not keepFiles:

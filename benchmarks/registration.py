@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--refinement", default="io")
+    parser.add_argument("--start", help="network or identity (default: the engine's default)")
     parser.add_argument("--adapt-iters", type=int)
     parser.add_argument("--limit", type=int)
     parser.add_argument("--large", action="store_true", help="peak memory and time on a synthetic 350x250x350 pair")
@@ -77,6 +78,7 @@ def main() -> None:
             command = register_command(files.fixed, files.moving, Path(scratch) / files.name, model=args.model,
                                        device=args.device, adapt_iters=args.adapt_iters, landmarks=files.landmarks,
                                        python=sys.executable) + ["--refinement", args.refinement]
+            command += ["--start", args.start] if args.start else []
             report, wall, peak = run_pair(command)
             errors = report["landmark_errors_mm"]
             before.append(errors["before"])
@@ -99,12 +101,12 @@ def main() -> None:
                "folding_pct_max": max(r["folding_pct"] for r in rows), "ice_mm_mean": float(np.mean([r["ice_mm"] for r in rows])),
                "wall_s_median": float(np.median(walls)), "wall_s_max": float(np.max(walls)),
                "peak_gb": rows[-1]["peak_gb_so_far"], "device": args.device, "refinement": args.refinement,
-               "adapt_iters": args.adapt_iters, "model": args.model or "shipped default"}
+               "start": args.start or "default", "adapt_iters": args.adapt_iters, "model": args.model or "shipped default"}
     print()
     print(f"{'':<44} {'mean TRE mm':>11} {'s / pair':>9}")
     for name, tre, seconds in REFERENCE:
         print(f"{name:<44} {tre:11.2f} {'' if seconds is None else f'{seconds:9.0f}'}")
-    label = f"unleash ({args.refinement}, {args.adapt_iters or 'default'} its, {args.device})"
+    label = f"unleash ({args.refinement}, {args.start or 'default'} start, {args.adapt_iters or 'default'} its, {args.device})"
     print(f"{label:<44} {summary['tre']:11.2f} {summary['wall_s_median']:9.1f}   "
           f"(quartiles {p25:.2f}/{p50:.2f}/{p75:.2f}; max folding {summary['folding_pct_max']:.4f} %; "
           f"ICE {summary['ice_mm_mean']:.3f} mm; peak {summary['peak_gb']:.2f} GB; {summary['landmarks']} landmarks)")

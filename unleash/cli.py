@@ -37,8 +37,9 @@ def _add_register_options(parser: argparse.ArgumentParser) -> None:
                         help=f"refinement iterations on the pair (default: {DEFAULT_ADAPT_ITERS}; 0: network only)")
     parser.add_argument("--refinement", choices=REFINEMENTS, default="io",
                         help="io: instance optimisation of the field (default); tta: test-time adaptation of the network")
-    parser.add_argument("--start", choices=STARTS, default="network",
-                        help="network: refine the network's prediction (default); identity: instance optimisation alone")
+    parser.add_argument("--start", choices=STARTS,
+                        help="identity: instance optimisation alone (default with --refinement io); "
+                             "network: refine the network's prediction (default with tta, or with --adapt-iters 0)")
     _add_common(parser)
 
 

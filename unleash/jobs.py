@@ -136,8 +136,10 @@ def unleash_command(python: str | None = None) -> list[str]:
 
 def register_command(fixed: str, moving: str, output_dir: str, *, model: str | None = None, device: str = "auto",
                      adapt_iters: int | None = None, landmarks: str | None = None, inputs: str = "auto",
-                     seed: int | None = None, overwrite: bool = True, python: str | None = None) -> list[str]:
-    """The exact command line of a registration job, as the UnleashRegistration module runs it."""
+                     start: str | None = None, seed: int | None = None, overwrite: bool = True,
+                     python: str | None = None) -> list[str]:
+    """The exact command line of a registration job, as the UnleashRegistration module runs it.
+    start None: the engine's default start of the refinement."""
     command = unleash_command(python) + ["register", str(fixed), str(moving), "-o", str(output_dir),
                                          "--device", device, "--inputs", inputs, "--progress", "json"]
     if model:
@@ -146,6 +148,8 @@ def register_command(fixed: str, moving: str, output_dir: str, *, model: str | N
         command += ["--adapt-iters", str(adapt_iters)]
     if landmarks:
         command += ["--landmarks", str(landmarks)]
+    if start:
+        command += ["--start", start]
     if seed is not None:
         command += ["--seed", str(seed)]
     if overwrite:

@@ -40,7 +40,8 @@ def reportSummary(report: dict) -> list[tuple[str, str]]:
         rows.append(("Model", str(model["id"])))
     refinement = report.get("refinement")
     if isinstance(refinement, dict):
-        rows.append(("Refinement", f"{refinement.get('method', '?')}, {refinement.get('iterations', '?')} iterations"))
+        start = {"network": ", from the network's prediction", "identity": ", from the identity"}.get(refinement.get("start"), "")
+        rows.append(("Refinement", f"{refinement.get('method', '?')}, {refinement.get('iterations', '?')} iterations{start}"))
     return rows
 
 
