@@ -33,7 +33,7 @@ class Progress:
         self.mode = mode
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
-        self._stage_started: dict[str, float] = {}
+        self._stage_started: dict[str, tuple[float, int]] = {}  # stage -> (time, step) of its first event
         self._last_draw = 0.0
 
     def emit(self, event: str, **fields) -> None:
@@ -50,9 +50,14 @@ class Progress:
 
     def progress(self, stage: str, step: int, total: int, **extra) -> None:
         now = time.monotonic()
-        started = self._stage_started.setdefault(stage, now)
+        # the pace of the steps done here: a resumed run starts at its checkpoint's step, not at 0
+        started, first_step = self._stage_started.setdefault(stage, (now, step))
         fraction = step / total if total else 1.0
-        eta = (now - started) / fraction * (1 - fraction) if 0 < fraction < 1 else (0.0 if fraction >= 1 else None)
+        eta = None
+        if fraction >= 1:
+            eta = 0.0
+        elif step > first_step:
+            eta = (now - started) / (step - first_step) * (total - step)
         if self.mode == "json":
             self.emit("progress", stage=stage, step=step, total=total, fraction=round(fraction, 4),
                       eta_s=None if eta is None else round(eta, 1), **extra)
