@@ -29,7 +29,7 @@ from UnleashCommon.runner import describeProgress
 
 from unleash.jobs import sample_command
 
-SCHEDULE_STEPS = {"maskgit": 32, "paper": 256}  # the engine's schedules and their default steps (unleash.sample.SCHEDULES)
+SCHEDULE_STEPS = {"maskgit": 12, "paper": 256}  # the engine's schedules and their default steps (unleash.sample.SCHEDULES)
 SCHEDULES = list(SCHEDULE_STEPS)
 PAIRS_LOADED = 4  # pairs loaded into the scene at most; all are in the output folder
 SEGMENT_COLORS = {"fixed": (1.0, 0.0, 1.0), "moving": (0.0, 0.8, 0.0)}  # as in the engine's preview.png
@@ -65,7 +65,7 @@ See <a href="https://github.com/unleash-registration/UnleashRegistration/blob/ma
 class UnleashSamplerParameterNode:
     numberOfPairs: Annotated[int, WithinRange(1, 10000)] = 4
     schedule: Annotated[str, Choice(SCHEDULES)] = "maskgit"
-    steps: Annotated[int, WithinRange(1, 5000)] = 32
+    steps: Annotated[int, WithinRange(1, 5000)] = SCHEDULE_STEPS["maskgit"]
     temperature: Annotated[float, WithinRange(0.05, 2.0)] = 0.9
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: str = "auto"
@@ -120,7 +120,7 @@ class UnleashSamplerWidget(JobPanelWidget):
             self.ui.logTextEdit.appendPlainText(f"copied {len(copied) // 2} pairs to {target}")
 
     def onScheduleChanged(self, index) -> None:
-        """Each schedule has its own sensible number of steps (the paper's is 256, MaskGIT's 32)."""
+        """Each schedule has its own sensible number of steps (the paper's is 256, MaskGIT's 12)."""
         schedule = self.ui.scheduleComboBox.currentText
         if self._parameterNode and schedule in SCHEDULE_STEPS:
             self._parameterNode.steps = SCHEDULE_STEPS[schedule]

@@ -41,7 +41,7 @@ from .models.sampler import Sampler
 from .models.vqae import VQAutoEncoder
 from .preview_pairs import pair_projections, pairs_preview_png
 
-SCHEDULES = {"paper": 256, "maskgit": 32}  # schedule -> its default number of steps
+SCHEDULES = {"paper": 256, "maskgit": 12}  # schedule -> its default number of steps (benchmarks/sampler.py)
 DEFAULT_SCHEDULE = "maskgit"
 DEFAULT_TEMPERATURE = 0.9
 CHOICE_NOISE = 4.5  # MaskGIT's Gumbel noise on the confidence, annealed to 0 over the steps
