@@ -77,8 +77,7 @@ def main() -> None:
         for files in pairs:
             command = register_command(files.fixed, files.moving, Path(scratch) / files.name, model=args.model,
                                        device=args.device, adapt_iters=args.adapt_iters, landmarks=files.landmarks,
-                                       python=sys.executable) + ["--refinement", args.refinement]
-            command += ["--start", args.start] if args.start else []
+                                       start=args.start, python=sys.executable) + ["--refinement", args.refinement]
             report, wall, peak = run_pair(command)
             errors = report["landmark_errors_mm"]
             before.append(errors["before"])

@@ -32,13 +32,13 @@ REFINEMENTS = ("io", "tta", "none")
 # network it measured better on all 17 val pairs (2.91 vs 3.18 mm mean TRE, same time; README).
 # Test-time adaptation, and no refinement at all, need the network.
 STARTS = ("network", "identity")
+# Total refinement iterations of the default; the benchmark in benchmarks/registration.py measured
+# the trade-off between TRE and seconds that chose it (see the model card).
+DEFAULT_ADAPT_ITERS = RefineConfig().total_iterations
 
 
 def default_start(refinement: str, adapt_iters: int) -> str:
     return "identity" if refinement == "io" and adapt_iters > 0 else "network"
-# Total refinement iterations of the default; the benchmark in benchmarks/registration.py measured
-# the trade-off between TRE and seconds that chose it (see the model card).
-DEFAULT_ADAPT_ITERS = sum(RefineConfig().iterations)
 
 
 @dataclass
