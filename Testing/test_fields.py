@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from unleash import fields
@@ -63,3 +64,17 @@ def test_diffusion_penalty_is_isotropic_in_millimetres():
     along_z = torch.zeros(1, 3, 20, 20, 20)
     along_z[:, 0] = ramp.view(20, 1, 1)
     assert torch.isclose(fields.diffusion_penalty(along_x, SPACING), fields.diffusion_penalty(along_z, SPACING))
+
+
+def test_gaussian_blur_of_an_impulse_is_the_separable_kernel_and_keeps_constants():
+    image = torch.zeros(1, 1, 15, 13, 17)
+    image[0, 0, 7, 6, 8] = 1.0
+    blurred = gaussian_blur(image, 1.5)[0, 0]
+    offsets = np.arange(-5, 6)
+    kernel = np.exp(-0.5 * (offsets / 1.5) ** 2)
+    kernel /= kernel.sum()
+    expected = np.einsum("i,j,k->ijk", kernel, kernel, kernel)
+    assert np.allclose(blurred[2:13, 1:12, 3:14].numpy(), expected, atol=1e-7)
+    assert float(blurred.sum()) == pytest.approx(1.0, abs=1e-5)
+    constant = torch.full((2, 3, 6, 7, 8), 0.25)  # edges replicated: no darkening at the border
+    assert torch.allclose(gaussian_blur(constant, 2.0), constant)

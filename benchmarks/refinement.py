@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from unleash.adapt import adapt  # noqa: E402
+from unleash import fields  # noqa: E402
 from unleash.checkpoints import load_model  # noqa: E402
 from unleash.datasets import read_landmarks  # noqa: E402
 from unleash.geometry import read_volume  # noqa: E402
@@ -57,6 +58,7 @@ def main() -> None:
     overrides = json.loads(args.config) if args.config else {}
     tre = {name: [] for name in names}
     seconds = {name: [] for name in names}
+    folding = {name: [] for name in names}
     for case in args.cases.split(","):
         fixed = read_volume(DATA / "val" / f"case_{case}_1.nii.gz")
         moving = read_volume(DATA / "val" / f"case_{case}_2.nii.gz")
@@ -76,11 +78,15 @@ def main() -> None:
             u = result.forward_mm[0].numpy()
             errors = np.linalg.norm(fixed_lps + displacement_at(u, pair.grid, fixed_lps) - moving_lps, axis=1)
             tre[name].append(errors.mean())
-            line += f"  {name} {tre[name][-1]:5.2f} mm / {seconds[name][-1]:4.0f} s"
+            # share of work-grid voxels with J <= 0 (register's report counts it on the scan grid)
+            folding[name].append(100 * float((fields.jacobian_determinant(result.forward_mm, pair.grid.spacing_mm[0]) <= 0)
+                                             .float().mean()))
+            line += f"  {name} {tre[name][-1]:5.2f} mm / {seconds[name][-1]:4.0f} s / {folding[name][-1]:.3f} %"
         print(line, flush=True)
     print()
     for name in names:
-        print(f"{name:<12} mean TRE {np.mean(tre[name]):5.2f} mm   mean {np.mean(seconds[name]):5.1f} s per pair (compute)")
+        print(f"{name:<12} mean TRE {np.mean(tre[name]):5.2f} mm   mean {np.mean(seconds[name]):5.1f} s per pair (compute)"
+              f"   max folding {max(folding[name]):.3f} % (work grid)")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class Progress:
         self.mode = mode
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
-        self._stage_started: dict[str, tuple[float, int]] = {}  # stage -> (time, step) of its first event
+        self._stage_started: dict[str, tuple[float, float]] = {}  # stage -> (time, fraction) of its first event
         self._last_draw = 0.0
 
     def emit(self, event: str, **fields) -> None:
@@ -48,16 +48,18 @@ class Progress:
             self.stderr.write(message + "\n")
             self.stderr.flush()
 
-    def progress(self, stage: str, step: int, total: int, **extra) -> None:
+    def progress(self, stage: str, step: int, total: int, work: float | None = None, **extra) -> None:
+        """`work`: the share of the stage's work done, where its steps differ in cost (the refinement's
+        1 mm iterations cost ~7x its coarse ones); by default step / total."""
         now = time.monotonic()
-        # the pace of the steps done here: a resumed run starts at its checkpoint's step, not at 0
-        started, first_step = self._stage_started.setdefault(stage, (now, step))
-        fraction = step / total if total else 1.0
+        fraction = work if work is not None else step / total if total else 1.0
+        # the pace of the work done here: a resumed run starts at its checkpoint's step, not at 0
+        started, first_fraction = self._stage_started.setdefault(stage, (now, fraction))
         eta = None
         if fraction >= 1:
             eta = 0.0
-        elif step > first_step:
-            eta = (now - started) / (step - first_step) * (total - step)
+        elif fraction > first_fraction:
+            eta = (now - started) / (fraction - first_fraction) * (1 - fraction)
         if self.mode == "json":
             self.emit("progress", stage=stage, step=step, total=total, fraction=round(fraction, 4),
                       eta_s=None if eta is None else round(eta, 1), **extra)

@@ -72,11 +72,13 @@ def refine(images: list[Occupancy], config: RefineConfig, on_iteration=None) -> 
     images = sorted(images, key=lambda o: -o.spacing_mm)
     box = images[0]
     velocity = None
-    done, total = 0, config.total_iterations
-    for lattice_mm, image_mm, blur_mm, iterations in zip(config.lattice_mm, config.image_mm,
-                                                          config.blur_mm, config.iterations):
-        # never finer than the finest grid given: a coarse grid is not upsampled
-        source = next((o for o in images if o.spacing_mm <= image_mm + 1e-6), images[-1])
+    # never finer than the finest grid given: a coarse grid is not upsampled
+    sources = [next((o for o in images if o.spacing_mm <= image_mm + 1e-6), images[-1]) for image_mm in config.image_mm]
+    costs = [n * _iteration_cost(box, source, lattice_mm, image_mm, config)
+             for source, lattice_mm, image_mm, n in zip(sources, config.lattice_mm, config.image_mm, config.iterations)]
+    done, total, work_done = 0, config.total_iterations, 0.0
+    for source, lattice_mm, image_mm, blur_mm, iterations, cost in zip(
+            sources, config.lattice_mm, config.image_mm, config.blur_mm, config.iterations, costs):
         a, image_spacing = resample_box(source.fixed, source.spacing_mm, max(image_mm, source.spacing_mm))
         b, _ = resample_box(source.moving_warped, source.spacing_mm, max(image_mm, source.spacing_mm))
         a = gaussian_blur(a, blur_mm / image_spacing)
@@ -92,10 +94,21 @@ def refine(images: list[Occupancy], config: RefineConfig, on_iteration=None) -> 
             loss.backward()
             optimiser.step()
             done += 1
+            work_done += cost / iterations
             if on_iteration is not None:
-                on_iteration(done, total, loss.item())
+                on_iteration(done, total, loss.item(), work=min(1.0, work_done / sum(costs)))
         velocity = velocity.detach()
     return velocity
+
+
+def _iteration_cost(box: Occupancy, source: Occupancy, lattice_mm: float, image_mm: float, config: RefineConfig) -> float:
+    """Rough cost of one iteration of a level, for an honest time-left: scaling and squaring of both
+    directions over the lattice plus the sampled points (at most all voxels of the level's grid).
+    On a lung pair it gives the 1 mm level 76 % of the work; measured: 74 % of the time."""
+    lattice = lattice_shape(box.fixed.shape[2:], box.spacing_mm, lattice_mm)
+    grid = lattice_shape(source.fixed.shape[2:], source.spacing_mm, max(image_mm, source.spacing_mm))
+    return (lattice[0] * lattice[1] * lattice[2] * config.squaring_steps
+            + min(config.max_points, grid[0] * grid[1] * grid[2]))
 
 
 class _LevelLoss:
@@ -111,12 +124,23 @@ class _LevelLoss:
         self.mm_to_normalised = 2.0 / ((torch.tensor(a.shape[2:][::-1], device=a.device) - 1) * image_spacing_mm)
         self.lattice_spacing_mm = (a.shape[-1] - 1) * image_spacing_mm / (lattice_dhw[-1] - 1)
         self.config = config
+        self._order, self._next = None, 0
+
+    def _chosen(self):
+        """The next `max_points` of the points near the vessels, in one shuffled order per pass: each
+        point is used once per pass, and there is one shuffle per pass instead of one per iteration
+        (a randperm of the 1.5 M points at 1 mm cost 7 % of an iteration)."""
+        count, size = len(self.near), self.config.max_points
+        if count <= size:
+            return slice(None)
+        if self._order is None or self._next + size > count:
+            self._order, self._next = torch.randperm(count, device=self.near.device), 0
+        self._next += size
+        return self._order[self._next - size:self._next]
 
     def __call__(self, velocity: torch.Tensor) -> torch.Tensor:
         config = self.config
-        chosen = slice(None)
-        if len(self.near) > config.max_points:
-            chosen = torch.randperm(len(self.near), device=self.near.device)[:config.max_points]
+        chosen = self._chosen()
         points, targets = self.near[chosen], self.targets[:, chosen]
         both = fields.exp(torch.cat([velocity, -velocity]), self.lattice_spacing_mm, config.squaring_steps)
         grid = points.expand(2, -1, -1)  # (2, n, 3)

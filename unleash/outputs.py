@@ -85,18 +85,26 @@ def deformation_quality(pair: PreparedPair, registration: Registration, scan: Sc
 
 def write_fields(folder: Path, pair: PreparedPair, scan: ScanFields) -> None:
     """The four images into `folder` (a staging folder that jobs.atomic_output_dir moves into place).
-    Written two at a time: SimpleITK compresses without holding the GIL, and the two 160 MB
-    displacement fields of a 1 mm lung pair took 13.5 s one after the other, 7.5 s side by side."""
+    Made and written two at a time, largest first: SimpleITK compresses and numpy converts without
+    holding the GIL, and the two 160 MB displacement fields of a 1 mm lung pair took 13.5 s one
+    after the other, 7.5 s side by side."""
     labels = pair.inputs.startswith("vessels") and pair.inputs.endswith("vessels")
-    images = {
-        "displacement": displacement_image(scan.forward_lps_mm, pair.fixed.grid),
-        "inverse_displacement": displacement_image(scan.inverse_lps_mm, pair.moving.grid),
-        "warped_moving": warp_volume(pair.moving, scan.forward_lps_mm, pair.fixed.grid, labels=labels).to_sitk(),
-        "jacobian_determinant": Volume(scan.jacobian, pair.fixed.grid).to_sitk(),
+    makers = {
+        "displacement": lambda: displacement_image(_rounded(scan.forward_lps_mm), pair.fixed.grid),
+        "inverse_displacement": lambda: displacement_image(_rounded(scan.inverse_lps_mm), pair.moving.grid),
+        "jacobian_determinant": lambda: Volume(scan.jacobian, pair.fixed.grid).to_sitk(),
+        "warped_moving": lambda: warp_volume(pair.moving, scan.forward_lps_mm, pair.fixed.grid, labels=labels).to_sitk(),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for written in [pool.submit(write_image, image, folder / FILES[key]) for key, image in images.items()]:
+        for written in [pool.submit(lambda key, make: write_image(make(), folder / FILES[key]), key, make)
+                        for key, make in makers.items()]:
             written.result()
+
+
+def _rounded(displacement_mm: np.ndarray, step_mm: float = 2.0 ** -10) -> np.ndarray:
+    """Displacements to the nearest 1/1024 mm (exact in float32): the low mantissa bits are noise
+    to gzip; without them a 1 mm lung field wrote in 4.8 instead of 6.4 s, 132 instead of 212 MB."""
+    return np.round(displacement_mm / step_mm) * step_mm
 
 
 def write_report(folder: Path, report: dict) -> None:

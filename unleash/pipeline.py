@@ -85,8 +85,8 @@ def register_files(fixed_path, moving_path, output_dir, options: RegisterOptions
     decided = "given" if options.inputs != "auto" else "decided from the voxel values"
     progress.log(f"inputs: {pair.inputs} ({decided}); device: {describe(device)}")
 
-    def on_step(step, total, loss):
-        progress.progress("refinement", step, total, loss=round(loss, 5))
+    def on_step(step, total, loss, work=None):
+        progress.progress("refinement", step, total, work=work, loss=round(loss, 5))
 
     if options.refinement == "tta" and options.adapt_iters > 0:
         tick = time.perf_counter()

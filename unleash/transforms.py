@@ -12,6 +12,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
+from .fields import det3
 from .geometry import Grid, Volume
 
 
@@ -51,7 +52,7 @@ def jacobian_determinant(displacement_lps_mm: np.ndarray, grid: Grid, slab: int 
         by_index = torch.stack([d_di, d_dj, d_dk], dim=-1)  # (3, k, j, i, index axis)
         jac = (by_index @ to_index).permute(1, 2, 3, 0, 4)  # (k, j, i, component, physical axis)
         jac = jac + torch.eye(3)
-        out[k0:min(depth, k0 + slab)] = torch.linalg.det(jac)[k0 - lo:k0 - lo + min(slab, depth - k0)].numpy()
+        out[k0:min(depth, k0 + slab)] = det3(jac)[k0 - lo:k0 - lo + min(slab, depth - k0)].numpy()
     return out
 
 
