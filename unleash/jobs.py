@@ -4,6 +4,8 @@ outputs that appear whole or not at all.
 Event protocol (one JSON object per line on stdout with `--progress json`):
   {"event": "log", "message": str}
   {"event": "progress", "stage": str, "step": int, "total": int, "fraction": float, "eta_s": float|null, ...}
+                                                "fraction": the share of the stage's work done, which is step / total
+                                                unless steps differ in cost (the refinement's levels)
   {"event": "result", ...}                      the job's outcome (paths, metrics)
   {"event": "error", "message": str}            the job failed; the exit code is non-zero
 Training jobs add:
