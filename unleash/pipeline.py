@@ -29,7 +29,7 @@ from .register import prepare_pair, register_prepared
 REFINEMENTS = ("io", "tta", "none")
 # Where the refinement starts: the network's prediction, or the identity (instance optimisation
 # alone). Instance optimisation starts from the identity by default: with the shipped CPU-trained
-# network it measured better on all 17 val pairs (2.91 vs 3.18 mm mean TRE, same time; README).
+# network it measured better on all 17 val pairs (2.88 vs 3.22 mm mean TRE, same time; README).
 # Test-time adaptation, and no refinement at all, need the network.
 STARTS = ("network", "identity")
 # Total refinement iterations of the default; the benchmark in benchmarks/registration.py measured
