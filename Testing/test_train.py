@@ -275,3 +275,29 @@ def test_time_left_follows_the_work_done_where_steps_differ_in_cost():
     second = json.loads(events.getvalue().splitlines()[1])
     assert second["fraction"] == 0.05 and second["step"] == 2
     assert 3.0 < second["eta_s"] < 9.0
+
+
+def test_a_run_started_from_a_model_file_begins_with_its_weights_and_config(tokens, tmp_path, capsys):
+    """Fine-tuning: --init takes the file's model config and weights; a step at a vanishing learning
+    rate leaves them as they were, where a fresh start has other (random) weights."""
+    config = write_config(tmp_path, TINY_DENOISER)
+    assert main(["train", "denoiser", "--data", str(tokens), "--out", str(tmp_path / "first"), "--config", str(config),
+                 "--iterations", "3", "--progress", "none"]) == 0
+    first = tmp_path / "first" / "model.safetensors"
+    settings = write_config(tmp_path, {key: TINY_DENOISER[key] for key in ("training", "task")}, "settings.json")
+    for name, init in (("tuned", ["--init", str(first)]), ("fresh", [])):
+        assert main(["train", "denoiser", "--data", str(tokens), "--out", str(tmp_path / name), "--config",
+                     str(settings if init else config), *init, "--iterations", "1", "--lr", "1e-12", "--seed", "5",
+                     "--progress", "none"]) == 0
+    start = load_model(first, "denoiser")[0].state_dict()
+    tuned, tuned_config, card = load_model(tmp_path / "tuned" / "model.safetensors", "denoiser")
+    fresh = load_model(tmp_path / "fresh" / "model.safetensors", "denoiser")[0].state_dict()
+    assert tuned_config.width == 32 and card["init"] == str(first.resolve())
+    assert all(torch.allclose(tuned.state_dict()[key], start[key], atol=1e-6) for key in start)
+    assert not all(torch.allclose(fresh[key], start[key], atol=1e-6) for key in start)
+    capsys.readouterr()
+    assert "is a 'denoiser' model" in bad(["registration", "--data", str(tokens), "--init", str(first),
+                                          "--out", str(tmp_path / "wrong")], capsys)
+    assert "--init fixes the model" in bad(["denoiser", "--data", str(tokens), "--init", str(first), "--config", str(config),
+                                            "--out", str(tmp_path / "both")], capsys)
+    assert "drop --init" in bad(["denoiser", "--resume", str(tmp_path / "tuned"), "--init", str(first)], capsys)

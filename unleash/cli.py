@@ -120,7 +120,7 @@ def cmd_train(args, progress: Progress) -> int:
     options = TrainOptions(kind=args.kind, data=args.data or [], validation=args.val or [], out=args.out, resume=args.resume,
                            config=args.config, iterations=args.iterations, batch_size=args.batch_size,
                            learning_rate=args.lr, seed=args.seed, device=args.device, vqae=args.vqae,
-                           tokens=args.tokens)
+                           tokens=args.tokens, init=args.init)
     summary = train_command(options, progress)
     if summary.pop("rank"):
         return 0  # the other processes of a torchrun job: rank 0 reports
@@ -157,6 +157,8 @@ def _add_train_parser(commands) -> None:
                                                       "learns; the result is then a sampler model for `unleash sample`")
     train.add_argument("--tokens", metavar="FILE", help="vqae only: train the codebook and decoder to turn these given token "
                                                         "grids (matched to the pairs by name) into their pairs")
+    train.add_argument("--init", metavar="FILE", help="start from this model file's weights and model config (fine-tuning, "
+                                                      "e.g. the shipped model on your own pairs) instead of a random start")
     train.add_argument("--seed", type=int, help="random seed (default: 0)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     train.add_argument("--progress", choices=["bar", "json", "none"], default="bar",

@@ -99,9 +99,11 @@ def collate(samples: list[dict]) -> dict:
 
 
 def train(task, settings: TrainingSettings, folder: RunFolder | None, processes: Processes, device: torch.device,
-          progress: Progress, resume: TrainingState | None, write_model, stop: StopRequest) -> Outcome:
+          progress: Progress, resume: TrainingState | None, write_model, stop: StopRequest,
+          initial_weights: dict | None = None) -> Outcome:
     """Run steps resume.step .. settings.iterations - 1. `write_model(network, path, step, validation)`
-    writes a model file with its card; `folder` is None on the ranks that do not write."""
+    writes a model file with its card; `folder` is None on the ranks that do not write.
+    `initial_weights`: a state dict to start from instead of a random initialisation (fine-tuning)."""
     if settings.batch_size % processes.world:
         raise ValueError(f"batch size {settings.batch_size} is not divisible by {processes.world} processes")
     torch.manual_seed(settings.seed)  # the initial weights
@@ -110,6 +112,8 @@ def train(task, settings: TrainingSettings, folder: RunFolder | None, processes:
         network = network.to(memory_format=torch.channels_last_3d)
     if resume is not None:
         network.load_state_dict(resume.model)
+    elif initial_weights is not None:
+        network.load_state_dict(initial_weights)
     if processes.distributed:  # one device per process: on CUDA, DDP is told which
         model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
     else:

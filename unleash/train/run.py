@@ -48,6 +48,7 @@ class TrainOptions:
     device: str = "auto"
     vqae: str | None = None  # denoiser only: the VQ-AE whose tokens it learns; the result is then a sampler
     tokens: str | None = None  # vqae only: train a decoder for these given tokens (task.token_file)
+    init: str | None = None  # a model file of this kind to start from (fine-tuning): its weights and model config
 
 
 def default_config(kind: str) -> dict:
@@ -63,7 +64,12 @@ def new_run_config(options: TrainOptions) -> dict:
         values = read_config_file(options.config)
         if values.get("kind", options.kind) != options.kind:
             raise UserError(f"{options.config}: is a config for {values['kind']!r}, not for {options.kind!r}")
+        if options.init and "model" in values:
+            raise UserError(f"{options.config}: has a model section, but --init fixes the model (its file's config)")
         config = merged(config, values)
+    if options.init:
+        config["model"] = _initial(options.init, options.kind)[1].to_dict()
+        config["init"] = str(Path(options.init).resolve())
     overrides = {"iterations": options.iterations, "batch_size": options.batch_size,
                  "learning_rate": options.learning_rate, "seed": options.seed}
     config["training"].update({key: value for key, value in overrides.items() if value is not None})
@@ -94,6 +100,15 @@ def parse_config(config: dict):
             dataclass_from(task_class, config["task"], "task"))
 
 
+def _initial(path: str, kind: str):
+    """(network, model config) of the model file a run starts from; a file of another kind is refused."""
+    if kind == "denoiser" and read_metadata(path)["config"].get("kind") == "sampler":
+        sampler = load_model(path, "sampler")[0]
+        return sampler.denoiser, sampler.denoiser.config
+    network, model_config, _ = load_model(path, kind)
+    return network, model_config
+
+
 def _sources(config: dict, key: str) -> list[Source]:
     return [Source(Path(entry["path"]), entry["weight"]) for entry in config.get(key, [])]
 
@@ -102,7 +117,7 @@ def _resume_config(options: TrainOptions) -> dict:
     given = [flag for flag, value in (("--data", options.data), ("--val", options.validation), ("--config", options.config),
                                       ("--batch-size", options.batch_size), ("--lr", options.learning_rate),
                                       ("--seed", options.seed), ("--vqae", options.vqae), ("--tokens", options.tokens),
-                                      ("--out", options.out)) if value]
+                                      ("--init", options.init), ("--out", options.out)) if value]
     if given:
         raise UserError(f"a resumed run keeps the settings in its config.json; drop {', '.join(given)} "
                         f"(only --iterations, --device and --progress may change)")
@@ -145,6 +160,8 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
         resume = None
     model_config, settings, task_settings = parse_config(config)
     sampler_vqae = _sampler_vqae(config)
+    # a resumed run's checkpoint holds its weights; a new run may start from a model file's
+    initial = _initial(config["init"], options.kind)[0].state_dict() if config.get("init") and resume is None else None
     processes, device = distributed.start(options.device)
     if settings.batch_size % processes.world:
         raise UserError(f"batch size {settings.batch_size} is not divisible by {processes.world} processes")
@@ -166,6 +183,7 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
                        *(trainer.validation_columns if trainer.metric else [])]
             folder.open_metrics(columns, resume.step if resume else None)
         card_base = {"kind": config["kind"], "data": config["data"], "validation": config["validation"],
+                     **({"init": config["init"]} if config.get("init") else {}),
                      **trainer.card(), "training": asdict(settings), "task": asdict(task_settings),
                      "hardware": f"{describe(device)}" + (f" x {processes.world}" if processes.distributed else ""),
                      "command": " ".join(["unleash", *(argv if argv is not None else sys.argv[1:])]),
@@ -180,7 +198,7 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
             return save_model(path, sampler, sampler.config, {**card, "kind": "sampler", "vqae": config["vqae"]})
 
         with StopRequest() as stop:
-            outcome = train(trainer, settings, folder, processes, device, progress, resume, write_model, stop)
+            outcome = train(trainer, settings, folder, processes, device, progress, resume, write_model, stop, initial)
         summary = {"run": str(folder_path), "kind": options.kind, "step": outcome.step, "total": settings.iterations,
                    "loss": outcome.loss, "validation": outcome.validation, "best": outcome.best,
                    "seconds": round(time.time() - started, 1), "stopped": outcome.stopped, "rank": processes.rank}
