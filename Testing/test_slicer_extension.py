@@ -484,6 +484,10 @@ def test_the_training_module_calls_train_command_with_its_real_keywords():
     parameters = set(inspect.signature(train_command).parameters)
     for call in calls:
         assert {k.arg for k in call.keywords} <= parameters and "python" in {k.arg for k in call.keywords}
+    fine_tune = train_command("registration", data=[("pairs", 1.0)], out="run", init="start.safetensors", iterations=50)
+    from unleash.cli import build_parser
+    args = build_parser().parse_args(fine_tune[fine_tune.index("train"):])
+    assert args.init == "start.safetensors" and args.data == ["pairs"] and args.iterations == 50
 
 
 def test_a_training_job_stops_on_cancel_and_resumes_as_the_module_runs_it(tmp_path):

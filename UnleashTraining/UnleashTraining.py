@@ -244,6 +244,7 @@ class UnleashTrainingWidget(JobPanelWidget):
             device=p.device, runFolder=str(p.runFolder), validationFolders=[validation] if validation else [],
             configFile=self.ui.configPathLineEdit.currentPath or None,
             vqaeFile=(self.ui.vqaePathLineEdit.currentPath or None) if p.modelKind == "denoiser" else None,
+            initFile=self.ui.initPathLineEdit.currentPath or None,
             onEvent=self.onEvent, onFinished=self.onFinished))
 
     def onResumeButton(self) -> None:
@@ -316,10 +317,11 @@ class UnleashTrainingLogic(ScriptedLoadableModuleLogic):
         return str(event.get("message", event))
 
     def startTraining(self, dataFolders, modelKind="registration", iterations=None, batchSize=None, learningRate=None,
-                      device="auto", runFolder=None, validationFolders=(), configFile=None, vqaeFile=None, seed=None,
-                      wait=False, onEvent=None, onFinished=None):
+                      device="auto", runFolder=None, validationFolders=(), configFile=None, vqaeFile=None, initFile=None,
+                      seed=None, wait=False, onEvent=None, onFinished=None):
         """Train a `modelKind` model on dataFolders ([(folder, weight)]) into a new run folder under runFolder;
-        returns the job (with wait=True, once it ended; its `result` names the model file)."""
+        returns the job (with wait=True, once it ended; its `result` names the model file). initFile: a model
+        file of the same kind to start from (fine-tuning) instead of a new network."""
         if self.running:
             raise RuntimeError(_("A training job is running; stop it first"))
         if not dataFolders:
@@ -330,7 +332,7 @@ class UnleashTrainingLogic(ScriptedLoadableModuleLogic):
         os.makedirs(runFolder, exist_ok=True)
         command = train_command(modelKind, data=[(folder, weight) for folder, weight in dataFolders],
                                 out=self.newRunPath(runFolder, modelKind), validation=list(validationFolders),
-                                config=configFile, vqae=vqaeFile, iterations=iterations, batch_size=batchSize,
+                                config=configFile, vqae=vqaeFile, init=initFile, iterations=iterations, batch_size=batchSize,
                                 learning_rate=learningRate, seed=seed, device=device, python=pythonExecutable())
         return self._run(command, wait, onEvent, onFinished)
 

@@ -186,9 +186,9 @@ def sample_command(output_dir: str, count: int, *, model: str | None = None, sch
 
 def train_command(kind: str, *, data: list[tuple[str, float]] | None = None, out: str | None = None,
                   resume: str | None = None, validation: list[str] | None = None, config: str | None = None,
-                  vqae: str | None = None, iterations: int | None = None, batch_size: int | None = None,
-                  learning_rate: float | None = None, seed: int | None = None, device: str = "auto",
-                  python: str | None = None) -> list[str]:
+                  vqae: str | None = None, init: str | None = None, iterations: int | None = None,
+                  batch_size: int | None = None, learning_rate: float | None = None, seed: int | None = None,
+                  device: str = "auto", python: str | None = None) -> list[str]:
     """The exact command line of a training job (new: data + out; or resume), as UnleashTraining runs it."""
     command = unleash_command(python) + ["train", kind, "--device", device, "--progress", "json"]
     if resume:
@@ -199,8 +199,8 @@ def train_command(kind: str, *, data: list[tuple[str, float]] | None = None, out
         for folder in validation or []:
             command += ["--val", str(folder)]
         command += ["--out", str(out)]
-    for flag, value in (("--config", config), ("--vqae", vqae), ("--iterations", iterations), ("--batch-size", batch_size),
-                        ("--lr", learning_rate), ("--seed", seed)):
+    for flag, value in (("--config", config), ("--vqae", vqae), ("--init", init), ("--iterations", iterations),
+                        ("--batch-size", batch_size), ("--lr", learning_rate), ("--seed", seed)):
         if value is not None and value != "":
             command += [flag, str(value)]
     return command
