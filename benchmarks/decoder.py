@@ -2,7 +2,9 @@
 training pairs, against those pairs: vessel volume fraction and Dice, per scan. It separates what the
 decoder loses from what the denoiser's sampled tokens lack (benchmarks/sampler.py).
 
-    .venv/bin/python benchmarks/decoder.py [--model SAMPLER]
+    .venv/bin/python benchmarks/decoder.py [--model SAMPLER] [--write DIR]
+
+--write DIR also writes the decoded pairs (case_NNN_1/_2.nii.gz), e.g. for benchmarks/alignability.py.
 
 The decoded maps are the ones `unleash sample` writes (1 mm, thresholded at probability 0.5); the real
 pairs are placed in the same 256 x 208 x 256 mm box. The paper cut case 035 to its first 280 slices
@@ -25,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from unleash.checkpoints import load_model  # noqa: E402
 from unleash.datasets import find_pairs  # noqa: E402
 from unleash.encode import token_volume_grid  # noqa: E402
-from unleash.geometry import read_volume, resample  # noqa: E402
+from unleash.geometry import read_volume, resample, write_image  # noqa: E402
 from unleash.models.vqae import VQAEConfig  # noqa: E402
 from unleash.sample import decode_pair, sample_grid  # noqa: E402
 from unleash.train.data import read_token_grids  # noqa: E402
@@ -39,7 +41,10 @@ CUT_BY_THE_PAPER = {"case_035"}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="sampler model file (default: the shipped one)")
+    parser.add_argument("--write", metavar="DIR", help="also write the decoded pairs into this (new) folder")
     args = parser.parse_args()
+    if args.write:
+        Path(args.write).mkdir(parents=True)
     sampler, _, _ = load_model(args.model, "sampler")
     vqae = sampler.vqae
     grids, names = read_token_grids(TOKENS, vqae.config.codebook_size, vqae.config.token_shape_ijk)
@@ -49,6 +54,9 @@ def main() -> None:
     print(f"{'pair':<9} {'scan':<7} {'real %':>7} {'decoded %':>10} {'Dice':>6}")
     for files in find_pairs(TRAIN):
         volumes = decode_pair(vqae, torch.from_numpy(tokens[files.name]).view(-1), sample_grid(vqae))
+        if args.write:
+            for scan, number in (("fixed", 1), ("moving", 2)):
+                write_image(volumes[scan].to_sitk(), Path(args.write) / f"{files.name}_{number}.nii.gz")
         for scan, path in (("fixed", files.fixed), ("moving", files.moving)):
             real_scan = read_volume(path)
             real = resample(real_scan, token_volume_grid(real_scan.grid, box), linear=False).array > 0
