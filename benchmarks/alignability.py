@@ -5,7 +5,9 @@ A pair whose two scans show one vessel tree under a smooth motion aligns well; a
 disagree in structure does not, and asks a registration network trained on it to force a match
 that is not there. Dice before registration (benchmarks/sampler.py) cannot tell the two apart.
 
-    .venv/bin/python benchmarks/alignability.py --pairs runs/e2e12/synthetic --limit 16
+    .venv/bin/python benchmarks/alignability.py --pairs runs/e2e12/synthetic --limit 16 [--json FILE]
+
+(runs/e2e12/synthetic: `unleash sample -n 64 --seed 0 -o runs/e2e12/synthetic`, the shipped sampler.)
 
 Real reference: the val pairs. Registration: instance optimisation on the 2 mm work grid (the
 default's coarse levels, 32-16-8 mm lattices, no network, so neither kind of pair is favoured by
@@ -14,6 +16,7 @@ what a network was trained on). Overlap: soft Dice of the 2 mm vessel occupancy 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -62,6 +65,7 @@ def main() -> None:
     parser.add_argument("--pairs", required=True, help="a folder of pairs, e.g. the output of `unleash sample`")
     parser.add_argument("--limit", type=int, help="at most this many pairs of --pairs")
     parser.add_argument("--real", default=str(VAL), help="real pairs for reference (default: the val pairs)")
+    parser.add_argument("--json", help="also write the per-pair figures as JSON here")
     args = parser.parse_args()
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -73,6 +77,11 @@ def main() -> None:
         cells = [f"{v.min():.3f} / {np.median(v):.3f} / {v.max():.3f}" for v in (before, after)]
         print(f"{name + f' ({len(rows)} pairs)':<32} {cells[0]:>22} {cells[1]:>22}")
     print(f"({time.perf_counter() - started:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"pairs": args.pairs, "real": args.real, "registration": "instance optimisation, 32-16-8 mm lattices",
+             **{name: [{"name": n, "dice_before": round(b, 4), "dice_after": round(a, 4)} for n, b, a in rows]
+                for name, rows in table.items()}}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
