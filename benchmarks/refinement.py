@@ -23,8 +23,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from unleash.adapt import adapt  # noqa: E402
 from unleash import fields  # noqa: E402
+from unleash.adapt import adapt  # noqa: E402
 from unleash.checkpoints import load_model  # noqa: E402
 from unleash.datasets import read_landmarks  # noqa: E402
 from unleash.geometry import read_volume  # noqa: E402
