@@ -14,7 +14,8 @@ The shipped denoiser was trained in two parts: 400 steps, then resumed to 1000 (
 still falling):
 
     .venv/bin/python -m unleash train denoiser --resume runs/default-sampler/denoiser --iterations 1000
-    .venv/bin/python tools/train_default_sampler.py --work runs/default-sampler --out unleash/weights/sampler_default.safetensors --combine-only
+    .venv/bin/python tools/train_default_sampler.py --work runs/default-sampler \
+        --out unleash/weights/sampler_default.safetensors --combine-only
 
 (a resumed run follows the cosine schedule of its new length from its step, so the learning rate rose
 again at step 400); here the default is 1000 steps in one run.
