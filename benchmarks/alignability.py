@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from unleash import fields  # noqa: E402
 from unleash.checkpoints import load_model  # noqa: E402
 from unleash.datasets import find_pairs  # noqa: E402
+from unleash.encode import dice  # noqa: E402  (on occupancy maps: the soft Dice)
 from unleash.geometry import read_volume  # noqa: E402
 from unleash.optimise import RefineConfig  # noqa: E402
 from unleash.register import prepare_pair, register_prepared  # noqa: E402
@@ -39,10 +40,6 @@ DATA = Path(os.environ.get("UNLEASH_DATA", REPO.parent / "shared" / "data"))
 VAL = DATA / "lung250m4b_vessels" / "val"
 COARSE = RefineConfig(lattice_mm=[32.0, 16.0, 8.0], image_mm=[8.0, 4.0, 4.0], blur_mm=[8.0, 4.0, 3.0],
                       iterations=[60, 60, 60])
-
-
-def soft_dice(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(2 * (a * b).sum() / (a.sum() + b.sum()).clamp_min(1e-8))
 
 
 def alignability(folder: Path, limit: int | None) -> list[tuple[str, float, float]]:
@@ -54,8 +51,7 @@ def alignability(folder: Path, limit: int | None) -> list[tuple[str, float, floa
         registration = register_prepared(pair, None, COARSE, torch.device("cpu"))
         with torch.no_grad():
             aligned = fields.warp(pair.moving_occupancy, registration.forward_mm, pair.grid.spacing_mm[0])
-        rows.append((files.name, soft_dice(pair.fixed_occupancy, pair.moving_occupancy),
-                     soft_dice(pair.fixed_occupancy, aligned)))
+        rows.append((files.name, dice(pair.fixed_occupancy, pair.moving_occupancy), dice(pair.fixed_occupancy, aligned)))
         print(f"{files.name:<12} Dice {rows[-1][1]:.3f} -> {rows[-1][2]:.3f}", flush=True)
     return rows
 

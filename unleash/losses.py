@@ -30,7 +30,7 @@ def gaussian_blur(image: torch.Tensor, sigma_vox: float) -> torch.Tensor:
         padded = F.pad(out, pad, mode="replicate")
         out = padded.narrow(axis, 0, size) * weights[0]
         for shift in range(1, len(weights)):
-            out = out.add_(padded.narrow(axis, shift, size), alpha=weights[shift])
+            out.add_(padded.narrow(axis, shift, size), alpha=weights[shift])
     return out
 
 

@@ -96,9 +96,12 @@ def write_fields(folder: Path, pair: PreparedPair, scan: ScanFields) -> None:
         "warped_moving": lambda: warp_volume(pair.moving, scan.forward_lps_mm, pair.fixed.grid, labels=labels).to_sitk(),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for written in [pool.submit(lambda key, make: write_image(make(), folder / FILES[key]), key, make)
-                        for key, make in makers.items()]:
+        for written in [pool.submit(_make_and_write, make, folder / FILES[key]) for key, make in makers.items()]:
             written.result()
+
+
+def _make_and_write(make, path: Path) -> None:
+    write_image(make(), path)
 
 
 def _rounded(displacement_mm: np.ndarray, step_mm: float = 2.0 ** -10) -> np.ndarray:

@@ -57,8 +57,9 @@ def default_config(kind: str) -> dict:
             "task": asdict(task_class())}
 
 
-def new_run_config(options: TrainOptions) -> dict:
-    """Defaults < --config FILE < command-line options (checked by parse_config before anything is written)."""
+def new_run_config(options: TrainOptions, init_config=None) -> dict:
+    """Defaults < --config FILE < command-line options (checked by parse_config before anything is written).
+    `init_config`: the model config of the --init file, which fixes the model."""
     config = default_config(options.kind)
     if options.config:
         values = read_config_file(options.config)
@@ -67,8 +68,8 @@ def new_run_config(options: TrainOptions) -> dict:
         if options.init and "model" in values:
             raise UserError(f"{options.config}: has a model section, but --init fixes the model (its file's config)")
         config = merged(config, values)
-    if options.init:
-        config["model"] = _initial(options.init, options.kind)[1].to_dict()
+    if init_config is not None:
+        config["model"] = init_config.to_dict()
         config["init"] = str(Path(options.init).resolve())
     overrides = {"iterations": options.iterations, "batch_size": options.batch_size,
                  "learning_rate": options.learning_rate, "seed": options.seed}
@@ -146,6 +147,7 @@ def _sampler_vqae(config: dict):
 def train_command(options: TrainOptions, progress: Progress, argv: list[str] | None = None) -> dict:
     """Run (or resume) a training job; returns the `result` (or `stopped`) summary."""
     started = time.time()
+    initial = None  # (network, model config) of the --init file; a resumed run's checkpoint holds its weights
     if options.resume:
         config = _resume_config(options)
         folder_path = Path(options.resume)
@@ -155,13 +157,12 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
     else:
         if not options.out:
             raise UserError("give --out RUNDIR for a new run, or --resume RUNDIR to continue one")
-        config = new_run_config(options)
+        initial = _initial(options.init, options.kind) if options.init else None
+        config = new_run_config(options, initial[1] if initial else None)
         folder_path = check_new_run_dir(options.out)
         resume = None
     model_config, settings, task_settings = parse_config(config)
     sampler_vqae = _sampler_vqae(config)
-    # a resumed run's checkpoint holds its weights; a new run may start from a model file's
-    initial = _initial(config["init"], options.kind)[0].state_dict() if config.get("init") and resume is None else None
     processes, device = distributed.start(options.device)
     if settings.batch_size % processes.world:
         raise UserError(f"batch size {settings.batch_size} is not divisible by {processes.world} processes")
@@ -198,7 +199,8 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
             return save_model(path, sampler, sampler.config, {**card, "kind": "sampler", "vqae": config["vqae"]})
 
         with StopRequest() as stop:
-            outcome = train(trainer, settings, folder, processes, device, progress, resume, write_model, stop, initial)
+            outcome = train(trainer, settings, folder, processes, device, progress, resume, write_model, stop,
+                            initial[0].state_dict() if initial else None)
         summary = {"run": str(folder_path), "kind": options.kind, "step": outcome.step, "total": settings.iterations,
                    "loss": outcome.loss, "validation": outcome.validation, "best": outcome.best,
                    "seconds": round(time.time() - started, 1), "stopped": outcome.stopped, "rank": processes.rank}
