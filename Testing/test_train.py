@@ -26,8 +26,10 @@ from unleash.checkpoints import load_model, write_safetensors
 from unleash.cli import main
 from unleash.datasets import find_pairs
 from unleash.jobs import Progress
+from unleash.models.vqae import VQAEConfig
+from unleash.train.data import Source
 from unleash.train.state import TrainingState, load_state, save_state
-from unleash.train.vqae import pair_on_token_grid
+from unleash.train.vqae import VQAETask, VQAETrainer, pair_on_token_grid
 
 TINY_REGISTRATION = {"model": {"shape_xyz": [81, 57, 81], "spacing_mm": 4.0, "lattice_mm": 4.0, "channels": [4, 8],
                                "squaring_steps": 4},
@@ -180,6 +182,28 @@ def test_denoiser_with_a_vqae_becomes_a_sampler_model(tokens, train_pairs, tmp_p
     sampler, sampler_config, card = load_model(tmp_path / "run" / "model.safetensors", "sampler")
     assert sampler_config.vqae.channels == [4, 8] and sampler_config.denoiser.width == 32
     assert card["kind"] == "sampler" and card["steps"] == 2
+
+
+def test_a_decoder_for_given_tokens_meets_the_asked_share_of_drawn_codes(train_pairs, tokens, tmp_path, capsys):
+    noisy = {**TINY_VQAE, "task": {**TINY_VQAE["task"], "token_noise": 0.3}}
+    assert main(["train", "vqae", "--data", str(train_pairs), "--tokens", str(tokens), "--out", str(tmp_path / "run"),
+                 "--config", str(write_config(tmp_path, noisy)), "--iterations", "2", "--progress", "none"]) == 0
+    _, config, card = load_model(tmp_path / "run" / "model.safetensors", "vqae")
+    assert not config.encoder and card["trained_on"] == ["case_032", "case_033"]
+
+    settings = VQAETask(**noisy["task"], token_file=str(tokens))
+    trainer = VQAETrainer(VQAEConfig(**{**TINY_VQAE["model"], "encoder": False}), settings, [Source(train_pairs)], [],
+                          torch.device("cpu"), Progress("none"))
+    grid = trainer.tokens["case_032"][None]  # (1, 16, 13, 16)
+    noisy_grid = trainer._with_noise(grid, np.random.default_rng(0))
+    replaced = (noisy_grid != grid).float().mean().item()
+    assert 0.2 < replaced <= 0.3  # a drawn code may equal the one it replaces
+    used = set(torch.cat([t.flatten() for t in trainer.tokens.values()]).tolist())
+    assert set(noisy_grid.flatten().tolist()) <= used
+
+    wrong = write_config(tmp_path, {**TINY_VQAE, "task": {**TINY_VQAE["task"], "token_noise": 0.3}}, "wrong.json")
+    assert "task.token_noise is a share" in bad(["vqae", "--data", str(train_pairs), "--out", str(tmp_path / "plain"),
+                                                 "--config", str(wrong)], capsys)
 
 
 def test_a_crashed_checkpoint_write_leaves_the_last_good_one(tmp_path):

@@ -2,9 +2,12 @@
 training pairs, against those pairs: vessel volume fraction and Dice, per scan. It separates what the
 decoder loses from what the denoiser's sampled tokens lack (benchmarks/sampler.py).
 
-    .venv/bin/python benchmarks/decoder.py [--model SAMPLER] [--write DIR]
+    .venv/bin/python benchmarks/decoder.py [--model SAMPLER] [--write DIR] [--others DIR]
 
 --write DIR also writes the decoded pairs (case_NNN_1/_2.nii.gz), e.g. for benchmarks/alignability.py.
+--others DIR writes the decoded token grids of the paper's other 87 training patients (no volumes of
+theirs are in ../shared), the control of the end-to-end test in the sampler's model card: real tokens
+through this decoder, next to sampled ones.
 
 The decoded maps are the ones `unleash sample` writes (1 mm, thresholded at probability 0.5); the real
 pairs are placed in the same 256 x 208 x 256 mm box. The paper cut case 035 to its first 280 slices
@@ -38,25 +41,36 @@ TOKENS = DATA / "seed_tokens" / "lung250m4b_train_tokens.npz"
 CUT_BY_THE_PAPER = {"case_035"}
 
 
+def write_pair(volumes: dict, folder: Path, name: str) -> None:
+    for scan, number in (("fixed", 1), ("moving", 2)):
+        write_image(volumes[scan].to_sitk(), folder / f"{name}_{number}.nii.gz")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="sampler model file (default: the shipped one)")
     parser.add_argument("--write", metavar="DIR", help="also write the decoded pairs into this (new) folder")
+    parser.add_argument("--others", metavar="DIR", help="write the decoded grids of the 87 patients not in train/ "
+                                                        "into this (new) folder")
     args = parser.parse_args()
-    if args.write:
-        Path(args.write).mkdir(parents=True)
+    for folder in (args.write, args.others):
+        if folder:
+            Path(folder).mkdir(parents=True)
     sampler, _, _ = load_model(args.model, "sampler")
     vqae = sampler.vqae
     grids, names = read_token_grids(TOKENS, vqae.config.codebook_size, vqae.config.token_shape_ijk)
     tokens = dict(zip(names, grids))
+    train = {files.name for files in find_pairs(TRAIN)}
+    for name, grid in tokens.items():
+        if args.others and name not in train:
+            write_pair(decode_pair(vqae, torch.from_numpy(grid).view(-1), sample_grid(vqae)), Path(args.others), name)
     box = VQAEConfig()  # the paper's 1 mm box, the grid the sampled pairs are written on
     decoded_voxels = real_voxels = overlap = 0
     print(f"{'pair':<9} {'scan':<7} {'real %':>7} {'decoded %':>10} {'Dice':>6}")
     for files in find_pairs(TRAIN):
         volumes = decode_pair(vqae, torch.from_numpy(tokens[files.name]).view(-1), sample_grid(vqae))
         if args.write:
-            for scan, number in (("fixed", 1), ("moving", 2)):
-                write_image(volumes[scan].to_sitk(), Path(args.write) / f"{files.name}_{number}.nii.gz")
+            write_pair(volumes, Path(args.write), files.name)
         for scan, path in (("fixed", files.fixed), ("moving", files.moving)):
             real_scan = read_volume(path)
             real = resample(real_scan, token_volume_grid(real_scan.grid, box), linear=False).array > 0

@@ -30,6 +30,10 @@ class VQAETask:
     # a token file (unleash encode's tokens.npz, or the paper's): train only codebook + decoder to turn these
     # tokens into their pairs (matched by name, e.g. case_032); the model then cannot encode
     token_file: str | None = None
+    # with a token file: the share of a patch's tokens replaced by codes drawn from the whole file. A
+    # decoder for given tokens learns from few pairs (the paper's tokens: ten) and memorises their token
+    # neighbourhoods; sampled grids and other patients' grids hold neighbourhoods it never saw.
+    token_noise: float = 0.0
 
 
 TRAINING_DEFAULTS = {"iterations": 10000, "batch_size": 2, "learning_rate": 3e-4, "warmup": 200,
@@ -73,6 +77,10 @@ class VQAETrainer:
         self.tokens = self._read_tokens(settings.token_file, config) if settings.token_file else None
         if self.tokens is not None and config.encoder:
             raise ValueError("task.token_file trains a decoder for given tokens: set model.encoder to false")
+        if not 0.0 <= settings.token_noise < 1.0 or (settings.token_noise and self.tokens is None):
+            raise ValueError("task.token_noise is a share in [0, 1) of given tokens (it needs task.token_file)")
+        # every token of the file, all grids: drawing from it follows the codes' frequencies
+        self.code_pool = torch.cat([grid.flatten() for grid in self.tokens.values()]) if self.tokens else None
         groups, self.names = [], []
         for source, pairs in zip(sources, pair_files(sources)):
             progress.log(f"reading {len(pairs)} training pairs from {source.path}")
@@ -107,8 +115,15 @@ class VQAETrainer:
         box = tuple(slice(s, s + p) for s, p in zip(start, self.patch))
         sample = {"pair": item["pair"][(slice(None), *box)][None].float()}
         if self.tokens is not None:
-            sample["tokens"] = item["tokens"][tuple(slice(b.start // step, b.stop // step) for b in box)][None]
+            tokens = item["tokens"][tuple(slice(b.start // step, b.stop // step) for b in box)][None]
+            sample["tokens"] = self._with_noise(tokens, rng) if self.settings.token_noise else tokens
         return sample
+
+    def _with_noise(self, tokens: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """tokens (1, i, j, k) with a random `token_noise` share replaced by codes drawn from the token file."""
+        replace = torch.from_numpy(rng.random(tokens.shape) < self.settings.token_noise).to(tokens.device)
+        drawn = self.code_pool[torch.from_numpy(rng.integers(len(self.code_pool), size=tokens.shape))].to(tokens.device)
+        return torch.where(replace, drawn, tokens)
 
     def loss(self, network, batch: dict):
         logits, vq_loss = network(tokens=batch["tokens"]) if "tokens" in batch else network(batch["pair"])
