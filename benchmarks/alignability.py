@@ -61,12 +61,14 @@ def main() -> None:
     parser.add_argument("--pairs", required=True, help="a folder of pairs, e.g. the output of `unleash sample`")
     parser.add_argument("--limit", type=int, help="at most this many pairs of --pairs")
     parser.add_argument("--real", default=str(VAL), help="real pairs for reference (default: the val pairs)")
+    parser.add_argument("--labels", default="sampled,real", help="the two groups' names in the table and the JSON")
     parser.add_argument("--json", help="also write the per-pair figures as JSON here")
     args = parser.parse_args()
     torch.manual_seed(0)
     started = time.perf_counter()
+    pairs_label, real_label = args.labels.split(",")
     table = {name: alignability(Path(folder), limit)
-             for name, folder, limit in (("sampled", args.pairs, args.limit), ("real", args.real, None))}
+             for name, folder, limit in ((pairs_label, args.pairs, args.limit), (real_label, args.real, None))}
     print(f"\n{'soft Dice, min / median / max':<32} {'before':>22} {'after registration':>22}")
     for name, rows in table.items():
         before, after = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
