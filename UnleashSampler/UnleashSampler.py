@@ -50,7 +50,8 @@ class UnleashSampler(ScriptedLoadableModule):
 Generates synthetic pairs of lung vessel volumes (fixed and moving) with the <b>unleash</b> engine's sampler,
 for training and testing registration: each run writes a new folder of pairs (usable as training data in Unleash
 Training as it is) and loads the first pairs as segmentations. Leave Model empty for the sampler that ships with the
-extension, or choose a sampler model file trained in Unleash Training.
+extension, or choose a sampler model file trained in Unleash Training. The shipped sampler is a CPU-sized first
+version: in the project's tests its pairs did not yet improve registration training (see its model card).
 See <a href="https://github.com/unleash-registration/UnleashRegistration/blob/main/docs/slicer.md">the documentation</a>.
 """)
         self.parent.acknowledgementText = _("Built on 3D Slicer's scripted module template.")
