@@ -201,9 +201,9 @@ def test_a_decoder_for_given_tokens_meets_the_asked_share_of_drawn_codes(train_p
     used = set(torch.cat([t.flatten() for t in trainer.tokens.values()]).tolist())
     assert set(noisy_grid.flatten().tolist()) <= used
 
-    wrong = write_config(tmp_path, {**TINY_VQAE, "task": {**TINY_VQAE["task"], "token_noise": 0.3}}, "wrong.json")
+    without_tokens = write_config(tmp_path, noisy, "without_tokens.json")  # token noise, but no --tokens
     assert "task.token_noise is a share" in bad(["vqae", "--data", str(train_pairs), "--out", str(tmp_path / "plain"),
-                                                 "--config", str(wrong)], capsys)
+                                                 "--config", str(without_tokens)], capsys)
 
 
 def test_a_crashed_checkpoint_write_leaves_the_last_good_one(tmp_path):

@@ -42,9 +42,8 @@ COARSE = RefineConfig(lattice_mm=[32.0, 16.0, 8.0], image_mm=[8.0, 4.0, 4.0], bl
                       iterations=[60, 60, 60])
 
 
-def alignability(folder: Path, limit: int | None) -> list[tuple[str, float, float]]:
-    """(name, Dice before, Dice after) per pair of `folder`."""
-    _, config, _ = load_model(None, "registration")  # its work grid
+def alignability(folder: Path, limit: int | None, config) -> list[tuple[str, float, float]]:
+    """(name, Dice before, Dice after) per pair of `folder`, on the work grid of the registration model `config`."""
     rows = []
     for files in find_pairs(folder)[:limit]:
         pair = prepare_pair(read_volume(files.fixed), read_volume(files.moving), config, inputs="vessels")
@@ -67,7 +66,8 @@ def main() -> None:
     torch.manual_seed(0)
     started = time.perf_counter()
     pairs_label, real_label = args.labels.split(",")
-    table = {name: alignability(Path(folder), limit)
+    _, config, _ = load_model(None, "registration")  # the shipped model's work grid
+    table = {name: alignability(Path(folder), limit, config)
              for name, folder, limit in ((pairs_label, args.pairs, args.limit), (real_label, args.real, None))}
     print(f"\n{'soft Dice, min / median / max':<32} {'before':>22} {'after registration':>22}")
     for name, rows in table.items():

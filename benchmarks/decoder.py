@@ -60,15 +60,19 @@ def main() -> None:
     vqae = sampler.vqae
     grids, names = read_token_grids(TOKENS, vqae.config.codebook_size, vqae.config.token_shape_ijk)
     tokens = dict(zip(names, grids))
-    train = {files.name for files in find_pairs(TRAIN)}
-    for name, grid in tokens.items():
-        if args.others and name not in train:
-            write_pair(decode_pair(vqae, torch.from_numpy(grid).view(-1), sample_grid(vqae)), Path(args.others), name)
+
+    def decode(name: str) -> dict:
+        return decode_pair(vqae, torch.from_numpy(tokens[name]).view(-1), sample_grid(vqae))
+
+    train = find_pairs(TRAIN)
+    if args.others:
+        for name in sorted(set(tokens) - {files.name for files in train}):
+            write_pair(decode(name), Path(args.others), name)
     box = VQAEConfig()  # the paper's 1 mm box, the grid the sampled pairs are written on
     decoded_voxels = real_voxels = overlap = 0
     print(f"{'pair':<9} {'scan':<7} {'real %':>7} {'decoded %':>10} {'Dice':>6}")
-    for files in find_pairs(TRAIN):
-        volumes = decode_pair(vqae, torch.from_numpy(tokens[files.name]).view(-1), sample_grid(vqae))
+    for files in train:
+        volumes = decode(files.name)
         if args.write:
             write_pair(volumes, Path(args.write), files.name)
         for scan, path in (("fixed", files.fixed), ("moving", files.moving)):
