@@ -29,14 +29,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-MODULES = ["UnleashRegistration", "UnleashSampler", "UnleashTraining"]
-VENV_BIN = Path(sys.executable).parent
-COMMON = REPO / "UnleashRegistration"
-sys.path.insert(0, str(COMMON))  # UnleashCommon, as the installed extension has it next to the modules
-
-from UnleashCommon import jobEnvironment, pythonExecutable  # noqa: E402
-from UnleashCommon.dependencies import (  # noqa: E402
+from unleash.jobs import register_command, sample_command, train_command
+from UnleashCommon import jobEnvironment, pythonExecutable
+from UnleashCommon.dependencies import (
     PIP_REQUIREMENTS,
     PROTECTED,
     constraintsText,
@@ -44,7 +39,7 @@ from UnleashCommon.dependencies import (  # noqa: E402
     missingPackages,
     numpyTorchClash,
 )
-from UnleashCommon.engine import (  # noqa: E402
+from UnleashCommon.engine import (
     PROBE_SNIPPET,
     copyTrainingPairs,
     describeRun,
@@ -58,15 +53,17 @@ from UnleashCommon.engine import (  # noqa: E402
     readMetrics,
     runSummary,
 )
-from UnleashCommon.landmarks import HEADER, rasToIjk, writeLandmarksCsv  # noqa: E402
-from UnleashCommon.results import reportHtml, reportSummary  # noqa: E402
-from UnleashCommon.runner import JobRunner, describeProgress, formatSeconds  # noqa: E402
+from UnleashCommon.landmarks import HEADER, rasToIjk, writeLandmarksCsv
+from UnleashCommon.results import reportHtml, reportSummary
+from UnleashCommon.runner import JobRunner, describeProgress, formatSeconds
 
-from unleash.jobs import register_command, sample_command, train_command  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+MODULES = ["UnleashRegistration", "UnleashSampler", "UnleashTraining"]
+VENV_BIN = Path(sys.executable).parent
 
 
 def module_python_files() -> list[Path]:
-    return sorted(p for m in MODULES for p in (REPO / m).rglob("*.py") if "__pycache__" not in p.parts)
+    return sorted(p for m in [*MODULES, "UnleashCommon"] for p in (REPO / m).rglob("*.py") if "__pycache__" not in p.parts)
 
 
 def tool(name: str) -> str:
@@ -172,7 +169,7 @@ def test_module_file_compiles(path, tmp_path):
 
 
 def test_module_files_pass_ruff():
-    run = subprocess.run([tool("ruff"), "check", *MODULES, "Testing/test_slicer_extension.py"], cwd=REPO,
+    run = subprocess.run([tool("ruff"), "check", *MODULES, "UnleashCommon", "Testing/test_slicer_extension.py"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
 
@@ -352,10 +349,26 @@ def test_every_module_file_is_listed_in_its_cmakelists(cmake):
     assert not unlisted, f"not listed in {cmake.relative_to(REPO)}: {unlisted}"
 
 
+def test_the_shared_helpers_are_installed_whole_next_to_the_modules():
+    """Every .py of UnleashCommon is listed, and installed as qt-scripted-modules/UnleashCommon/... (with the
+    repository root as SOURCE_DIR and no subfolder), where every module imports it without a sys.path change."""
+    listed = cmake_listed_files(REPO / "UnleashCommon" / "CMakeLists.txt")
+    assert "UnleashCommon" in listed, "UnleashCommon/CMakeLists.txt does not install the shared helpers"
+    scripts = {p.resolve() for p, kind in listed["UnleashCommon"] if kind == "SCRIPTS"}
+    present = {p.resolve() for p in (REPO / "UnleashCommon").rglob("*.py") if "__pycache__" not in p.parts}
+    assert scripts == present, f"UnleashCommon/CMakeLists.txt: missing {sorted(map(str, present - scripts))}"
+    for path, _kind in listed["UnleashCommon"]:
+        assert path.resolve().relative_to(REPO).parts[0] == "UnleashCommon"
+    options = {p.name for p, _ in listed["UnleashCommon:options"]}
+    assert "NO_INSTALL_SUBDIR" in options and "SOURCE_DIR" in options
+    for module in MODULES:
+        assert "sys.path" not in (REPO / module / f"{module}.py").read_text(), f"{module}.py changes sys.path"
+
+
 def test_the_engine_is_vendored_whole():
     """Every .py of the `unleash` package is listed, and installed as qt-scripted-modules/unleash/..."""
-    listed = cmake_listed_files(REPO / "UnleashRegistration" / "CMakeLists.txt")
-    assert "UnleashEngine" in listed, "UnleashRegistration/CMakeLists.txt does not vendor the engine"
+    listed = cmake_listed_files(REPO / "UnleashCommon" / "CMakeLists.txt")
+    assert "UnleashEngine" in listed, "UnleashCommon/CMakeLists.txt does not vendor the engine"
     scripts = {p.resolve() for p, kind in listed["UnleashEngine"] if kind == "SCRIPTS"}
     engine = {p.resolve() for p in (REPO / "unleash").rglob("*.py") if "__pycache__" not in p.parts}
     assert engine == scripts, (
@@ -384,7 +397,7 @@ def test_top_level_cmakelists_is_a_slicer_extension_of_three_modules():
     assert variables["EXTENSION_CATEGORY"] == ["Registration"]
     assert ("find_package", ["Slicer", "REQUIRED"]) in calls
     assert ("include", ["${Slicer_USE_FILE}"]) in calls
-    assert [args[0] for c, args in calls if c == "add_subdirectory"] == MODULES
+    assert [args[0] for c, args in calls if c == "add_subdirectory"] == ["UnleashCommon", *MODULES]
     includes = [args[0] for c, args in calls if c == "include"]
     assert "${Slicer_EXTENSION_GENERATE_CONFIG}" in includes or "slicer_extension_generate_config" in names
     assert "${Slicer_EXTENSION_CPACK}" in includes or "slicer_extension_cpack" in names

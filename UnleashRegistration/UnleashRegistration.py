@@ -32,7 +32,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-# UnleashCommon puts the engine on sys.path when the modules run from a source checkout (it is imported first).
+from unleash.jobs import register_command
 from UnleashCommon import pythonExecutable, slicerjobs
 from UnleashCommon.dependencies import ensureDependencies
 from UnleashCommon.engine import defaultRunFolders, lowMemoryWarning
@@ -40,8 +40,6 @@ from UnleashCommon.landmarks import markupsToIjk, writeLandmarksCsv
 from UnleashCommon.modelchoice import BROWSE, fillModelCombo, selectComboData
 from UnleashCommon.results import reportHtml
 from UnleashCommon.runner import describeProgress, formatSeconds
-
-from unleash.jobs import register_command
 
 JACOBIAN_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"  # blue < 1 (compression) < red
 

@@ -7,12 +7,7 @@ Unleash Training as it is. The first pairs are loaded as segmentations (fixed an
 import datetime
 import os
 import pathlib
-import sys
 from typing import Annotated
-
-# From a source checkout the shared helpers are in ../UnleashRegistration (installed: next to this file).
-sys.path.extend(p for p in [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "UnleashRegistration")]
-                if os.path.isdir(os.path.join(p, "UnleashCommon")) and p not in sys.path)
 
 import qt
 import slicer
@@ -20,14 +15,14 @@ from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
+
+from unleash.jobs import sample_command
 from UnleashCommon import pythonExecutable, slicerjobs
 from UnleashCommon.dependencies import ensureDependencies
 from UnleashCommon.engine import copyTrainingPairs, defaultRunFolders
 from UnleashCommon.jobpanel import JobPanelWidget
 from UnleashCommon.modelchoice import BROWSE, fillModelCombo, selectComboData
 from UnleashCommon.runner import describeProgress
-
-from unleash.jobs import sample_command
 
 SCHEDULE_STEPS = {"maskgit": 12, "paper": 256}  # the engine's schedules and their default steps (unleash.sample.SCHEDULES)
 SCHEDULES = list(SCHEDULE_STEPS)

@@ -10,12 +10,7 @@ import datetime
 import json
 import os
 import pathlib
-import sys
 from typing import Annotated
-
-# From a source checkout the shared helpers are in ../UnleashRegistration (installed: next to this file).
-sys.path.extend(p for p in [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "UnleashRegistration")]
-                if os.path.isdir(os.path.join(p, "UnleashCommon")) and p not in sys.path)
 
 import qt
 import slicer
@@ -23,13 +18,13 @@ from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
+
+from unleash.jobs import train_command
 from UnleashCommon import pythonExecutable, slicerjobs
 from UnleashCommon.dependencies import ensureDependencies
 from UnleashCommon.engine import defaultRunFolders, describeRun, listRuns, readMetrics, runSummary
 from UnleashCommon.jobpanel import JobPanelWidget
 from UnleashCommon.runner import describeProgress
-
-from unleash.jobs import train_command
 
 MODEL_KINDS = ["registration", "vqae", "denoiser"]
 STOP_GRACE_S = 600.0  # a stopped job finishes its step (and a validation under way) before it saves and exits

@@ -1,4 +1,4 @@
-"""Rewrite the explicit list of the engine's .py files in UnleashRegistration/CMakeLists.txt.
+"""Rewrite the explicit list of the engine's .py files in UnleashCommon/CMakeLists.txt.
 
 The Slicer extension vendors the `unleash` package by listing every one of its files (Slicer's
 convention: no globs for scripts). Run this after adding, moving or removing an engine module:
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CMAKE = ROOT / "UnleashRegistration" / "CMakeLists.txt"
+CMAKE = ROOT / "UnleashCommon" / "CMakeLists.txt"
 BEGIN = "  # BEGIN engine files (tools/update_slicer_engine_files.py)\n"
 END = "  # END engine files\n"
 
