@@ -90,6 +90,16 @@ def modelKind(path: str | Path) -> str | None:
         return None
 
 
+def checkModelFile(path: str | Path, kind: str) -> None:
+    """One clear line when `path` is not a model file of `kind` (chosen in a module that needs that kind)."""
+    if not Path(path).is_file():
+        raise ValueError(f"The model file {path} does not exist")
+    found = modelKind(path)
+    if found != kind:
+        what = f"a {found} model" if found else "not an unleash model file"
+        raise ValueError(f"{Path(path).name} is {what}, not a {kind} model: choose a {kind} model file")
+
+
 def findModels(folders: Iterable[str | Path], maxDepth: int = 2, kind: str | None = None) -> list[Path]:
     """Model files (*.safetensors) in run folders, at most `maxDepth` levels down: cheap enough for setup().
     With `kind`, only model files of that kind (a registration module lists no samplers)."""

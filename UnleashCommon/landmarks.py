@@ -12,7 +12,7 @@ Coordinates, carefully:
   (i, j, k) of the exported file. The RAS -> LPS change happens in the file's origin and direction (Slicer
   flips the first two axes when writing), not in the indices, so no sign flip is applied to i, j, k here.
   Testing/test_slicer_extension.py checks this against the engine's own index -> LPS mapping.
-Plain Python: no Slicer needed.
+Plain Python: no Slicer needed (scene/landmarks.py turns markups into these indices and back).
 """
 from __future__ import annotations
 
@@ -49,25 +49,3 @@ def writeLandmarksCsv(path: str | Path, fixedIjk: Sequence[Sequence[float]], mov
     rows = [HEADER] + [",".join(f"{float(v):.4f}" for v in (*f, *m)) for f, m in zip(fixedIjk, movingIjk)]
     path.write_text("\n".join(rows) + "\n")
     return path
-
-
-def markupsToIjk(markupsNode, volumeNode) -> list[tuple[float, float, float]]:
-    """The control points of a markups node as IJK indices of `volumeNode` (needs Slicer)."""
-    import slicer
-    import vtk
-
-    worldToVolume = vtk.vtkGeneralTransform()
-    # None -> the volume's parent transform: world RAS into the volume's local RAS (identity if it has none).
-    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, volumeNode.GetParentTransformNode(), worldToVolume)
-    matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetRASToIJKMatrix(matrix)
-    rows = [[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]
-    local = []
-    for index in range(markupsNode.GetNumberOfControlPoints()):
-        if markupsNode.GetNthControlPointPositionStatus(index) != slicer.vtkMRMLMarkupsNode.PositionDefined:
-            label = markupsNode.GetNthControlPointLabel(index)
-            raise ValueError(f"{markupsNode.GetName()}: point {index + 1} ({label}) is not placed yet")
-        world = [0.0, 0.0, 0.0]
-        markupsNode.GetNthControlPointPositionWorld(index, world)
-        local.append(worldToVolume.TransformPoint(world))
-    return rasToIjk(local, rows)
