@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
 from typing import Annotated, Union
 
 import qt
@@ -35,13 +34,13 @@ from slicer.util import VTKObservationMixin
 from unleash.jobs import register_command
 from UnleashCommon import pythonExecutable, slicerjobs
 from UnleashCommon.dependencies import ensureDependencies
-from UnleashCommon.engine import defaultRunFolders, lowMemoryWarning
-from UnleashCommon.landmarks import markupsToIjk, writeLandmarksCsv
+from UnleashCommon.engine import checkModelFile, defaultRunFolders, lowMemoryWarning
 from UnleashCommon.modelchoice import BROWSE, fillModelCombo, selectComboData
 from UnleashCommon.results import reportHtml
 from UnleashCommon.runner import describeProgress, formatSeconds
-
-JACOBIAN_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"  # blue < 1 (compression) < red
+from UnleashCommon.scene import display, inputs, registration
+from UnleashCommon.scene.context import sceneInSlicer
+from UnleashCommon.scene.landmarks import markupsToIjk
 
 #
 # UnleashRegistration
@@ -369,17 +368,7 @@ class UnleashRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 #
 
 
-@dataclass
-class UnleashRegistrationResult:
-    """What one registration added to the scene, and its report (report.json)."""
-
-    forwardTransform: object = None  # vtkMRMLTransformNode: fixed point -> moving point (resampling direction)
-    inverseTransform: object = None  # vtkMRMLTransformNode: moving point -> fixed point
-    warpedVolume: object = None  # the moving scan resampled onto the fixed grid (a separate volume)
-    jacobianVolume: object = None  # det of the forward transform's Jacobian on the fixed grid
-    report: dict = field(default_factory=dict)
-    workDir: str | None = None  # set when the files were kept
-    elapsedS: float = 0.0
+UnleashRegistrationResult = registration.RegistrationResult  # what one registration added to the scene
 
 
 class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
@@ -464,8 +453,10 @@ class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Select both landmark lists (fixed and moving), or neither"))
         if self.isRunning():
             raise RuntimeError(_("A registration is already running: cancel it first"))
-        if modelPath and not os.path.isfile(modelPath):
-            raise ValueError(_("The model file {path} does not exist").format(path=modelPath))
+        inputs.checkInput(fixedVolumeNode, "fixed")
+        inputs.checkInput(movingVolumeNode, "moving")
+        if modelPath:
+            checkModelFile(modelPath, "registration")
 
         workDir = slicer.util.tempDirectory("UnleashRegistration-")
         log = self._makeLog(workDir, logCallback)
@@ -473,8 +464,8 @@ class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
             if installDependencies and not ensureDependencies(workDir):
                 shutil.rmtree(workDir, ignore_errors=True)
                 return None
-            fixedPath, movingPath, landmarksPath = self._exportInputs(
-                workDir, fixedVolumeNode, movingVolumeNode, fixedLandmarksNode, movingLandmarksNode, log)
+            fixedPath, movingPath, landmarksPath = inputs.exportInputs(
+                sceneInSlicer(), workDir, fixedVolumeNode, movingVolumeNode, fixedLandmarksNode, movingLandmarksNode, log)
             command = register_command(fixedPath, movingPath, os.path.join(workDir, "output"), model=modelPath or None,
                                        device=device or "auto", adapt_iters=refinementIterations, landmarks=landmarksPath,
                                        start="network" if startFromNetwork else None,
@@ -558,82 +549,10 @@ class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
 
         return log
 
-    def _exportInputs(self, workDir, fixedNode, movingNode, fixedLandmarks, movingLandmarks, log):
-        """Write the inputs the engine reads: fixed.nrrd, moving.nrrd, landmarks.csv. Returns their paths."""
-        temporary = []
-        try:
-            fixedPath, fixedVolume = self._exportVolume(fixedNode, os.path.join(workDir, "fixed.nrrd"), temporary)
-            movingPath, movingVolume = self._exportVolume(movingNode, os.path.join(workDir, "moving.nrrd"), temporary)
-            for role, node in (("fixed", fixedNode), ("moving", movingNode)):
-                if node.GetParentTransformNode() is not None:
-                    log(f"note: the {role} node {node.GetName()} is under the transform "
-                        f"{node.GetParentTransformNode().GetName()}; its voxels are registered without that transform")
-            landmarksPath = None
-            if fixedLandmarks is not None and movingLandmarks is not None:
-                # Indices of the exported files (see UnleashCommon/landmarks.py for the coordinate systems).
-                landmarksPath = str(writeLandmarksCsv(os.path.join(workDir, "landmarks.csv"),
-                                                      markupsToIjk(fixedLandmarks, fixedVolume),
-                                                      markupsToIjk(movingLandmarks, movingVolume)))
-            return fixedPath, movingPath, landmarksPath
-        finally:
-            for node in temporary:
-                slicer.mrmlScene.RemoveNode(node)
-
-    @staticmethod
-    def _exportVolume(node, path, temporary):
-        """A volume (or a segmentation as a label map) to an uncompressed NRRD, without touching the node's own
-        storage node. Returns (path, the volume node whose voxel grid was written)."""
-        volume = node
-        if node.IsA("vtkMRMLSegmentationNode"):
-            volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{node.GetName()} (Unleash input)")
-            temporary.append(volume)
-            exported = slicer.modules.segmentations.logic().ExportAllSegmentsToLabelmapNode(
-                node, volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
-            if not exported:
-                raise RuntimeError(_("Could not export the segmentation {name} as a label map").format(name=node.GetName()))
-            volume.SetAndObserveTransformNodeID(node.GetTransformNodeID())
-        if volume.GetImageData() is None:
-            raise ValueError(_("{name} has no voxels").format(name=node.GetName()))
-        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-        storage.SetFileName(path)
-        storage.SetUseCompression(False)
-        if not storage.WriteData(volume):
-            raise RuntimeError(_("Could not write {name} to {path}").format(name=node.GetName(), path=path))
-        return path, volume
-
     def _loadResults(self, resultEvent, outputDir, fixedNode, movingNode, gridSpacingMm, showGrid, showJacobian):
         files = resultEvent.get("files") or self._defaultFiles(outputDir)
         report = {key: value for key, value in resultEvent.items() if key not in ("event", "files")}
-        base = f"{movingNode.GetName()} to {fixedNode.GetName()}"
-        movingIsLabels = movingNode.IsA("vtkMRMLLabelMapVolumeNode") or movingNode.IsA("vtkMRMLSegmentationNode")
-
-        # ITK displacement fields; Slicer converts LPS to RAS and keeps the resampling direction, so the forward
-        # field (fixed point -> moving point) is the transform that shows the moving scan on the fixed one.
-        forward = slicer.util.loadTransform(files["displacement"])
-        forward.SetName(slicer.mrmlScene.GenerateUniqueName(f"{base} (Unleash)"))
-        inverse = slicer.util.loadTransform(files["inverse_displacement"])
-        inverse.SetName(slicer.mrmlScene.GenerateUniqueName(f"{base} inverse (Unleash)"))
-        for transform, fixedRole, movingRole in ((forward, fixedNode, movingNode), (inverse, movingNode, fixedNode)):
-            transform.SetNodeReferenceID(slicer.vtkMRMLTransformNode.GetFixedNodeReferenceRole(), fixedRole.GetID())
-            transform.SetNodeReferenceID(slicer.vtkMRMLTransformNode.GetMovingNodeReferenceRole(), movingRole.GetID())
-        movingNode.SetAndObserveTransformNodeID(forward.GetID())  # applied, not hardened
-
-        warped = slicer.util.loadVolume(files["warped_moving"], {"name": slicer.mrmlScene.GenerateUniqueName(
-            f"{movingNode.GetName()} registered"), "labelmap": movingIsLabels, "show": False})
-        jacobian = slicer.util.loadVolume(files["jacobian_determinant"], {"name": slicer.mrmlScene.GenerateUniqueName(
-            f"{base} Jacobian"), "show": False})
-        jacobian.CreateDefaultDisplayNodes()
-        jacobianDisplay = jacobian.GetDisplayNode()
-        jacobianDisplay.SetAndObserveColorNodeID(JACOBIAN_COLOR_NODE_ID)
-        jacobianDisplay.AutoWindowLevelOff()
-        jacobianDisplay.SetWindowLevelMinMax(0.0, 2.0)  # J = 1 (no volume change) in the middle of the colours
-        for node in (forward, inverse, warped, jacobian):
-            node.StorableModified()  # their files are temporary: Save writes them anew
-
-        forward.CreateDefaultDisplayNodes()
-        inverse.CreateDefaultDisplayNodes()
-        inverse.GetDisplayNode().SetVisibility(False)
-        result = UnleashRegistrationResult(forward, inverse, warped, jacobian, report)
+        result = registration.loadRegistrationResult(sceneInSlicer(), files, fixedNode, movingNode, report)
         self._displayState = None
         self.applyDisplay(result, gridSpacingMm, showGrid, showJacobian)
         return result
@@ -649,36 +568,10 @@ class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def applyDisplay(self, result, gridSpacingMm=15.0, showGrid=True, showJacobian=True) -> None:
         """Grid in the slice views and the overlay; called after a run and when the display settings change.
-        The fixed and moving nodes are the forward transform's registration references."""
-        forward = result.forwardTransform
-        if forward is None:
-            return
-        fixedNode = forward.GetNodeReference(slicer.vtkMRMLTransformNode.GetFixedNodeReferenceRole())
-        movingNode = forward.GetNodeReference(slicer.vtkMRMLTransformNode.GetMovingNodeReferenceRole())
-        forward.CreateDefaultDisplayNodes()
-        display = forward.GetDisplayNode()
-        display.SetVisualizationMode(slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GRID)
-        display.SetGridSpacingMm(float(gridSpacingMm))
-        # The region limits the grid to the fixed volume (a segmentation has no grid of its own: the Jacobian
-        # volume is on the fixed grid). Slicer uses the region for the 3D grid; in the slice views the grid
-        # covers the slice, and the field is zero outside the fixed volume.
-        region = fixedNode if fixedNode is not None and fixedNode.IsA("vtkMRMLVolumeNode") else result.jacobianVolume
-        if region is not None:
-            display.SetAndObserveRegionNode(region)
-        display.SetVisibility2D(True)
-        display.SetVisibility3D(False)
-        display.SetVisibility(bool(showGrid))
-
+        The slice layers are set only when the overlay choice changes, not on every setting."""
         state = (result.jacobianVolume.GetID() if result.jacobianVolume else None, bool(showJacobian))
-        if state == self._displayState:
-            return  # the slice layers are only set when the overlay choice changes, not on every setting
+        display.showRegistration(result, gridSpacingMm, showGrid, showJacobian, setLayers=state != self._displayState)
         self._displayState = state
-        isScalar = fixedNode is not None and fixedNode.IsA("vtkMRMLScalarVolumeNode")
-        background = fixedNode if isScalar and not fixedNode.IsA("vtkMRMLLabelMapVolumeNode") else "keep-current"
-        if showJacobian and result.jacobianVolume is not None:
-            slicer.util.setSliceViewerLayers(background=background, foreground=result.jacobianVolume, foregroundOpacity=0.4)
-        elif movingNode is not None and movingNode.IsA("vtkMRMLScalarVolumeNode"):
-            slicer.util.setSliceViewerLayers(background=background, foreground=movingNode, foregroundOpacity=0.5)
 
     def updateDisplay(self, parameterNode) -> None:
         """Live display settings from the parameter node (grid spacing, grid on/off, overlay)."""
@@ -689,13 +582,8 @@ class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def resultFromParameterNode(parameterNode):
-        """The last run's nodes and report, as saved in the parameter node (survives a scene save and load)."""
-        try:
-            report = json.loads(parameterNode.lastReport) if parameterNode.lastReport else {}
-        except json.JSONDecodeError:
-            report = {}
-        return UnleashRegistrationResult(parameterNode.forwardTransform, parameterNode.inverseTransform,
-                                         parameterNode.warpedVolume, parameterNode.jacobianVolume, report)
+        """The last run's nodes and report, kept on its forward transform (survives a scene save and load)."""
+        return registration.resultFromTransform(parameterNode.forwardTransform)
 
 
 #

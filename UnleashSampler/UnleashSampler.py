@@ -19,15 +19,16 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadab
 from unleash.jobs import sample_command
 from UnleashCommon import pythonExecutable, slicerjobs
 from UnleashCommon.dependencies import ensureDependencies
-from UnleashCommon.engine import copyTrainingPairs, defaultRunFolders
+from UnleashCommon.engine import checkModelFile, copyTrainingPairs, defaultRunFolders
 from UnleashCommon.jobpanel import JobPanelWidget
 from UnleashCommon.modelchoice import BROWSE, fillModelCombo, selectComboData
 from UnleashCommon.runner import describeProgress
+from UnleashCommon.scene import samples
+from UnleashCommon.scene.context import sceneInSlicer
 
 SCHEDULE_STEPS = {"maskgit": 12, "paper": 256}  # the engine's schedules and their default steps (unleash.sample.SCHEDULES)
 SCHEDULES = list(SCHEDULE_STEPS)
 PAIRS_LOADED = 4  # pairs loaded into the scene at most; all are in the output folder
-SEGMENT_COLORS = {"fixed": (1.0, 0.0, 1.0), "moving": (0.0, 0.8, 0.0)}  # as in the engine's preview.png
 
 #
 # UnleashSampler
@@ -204,8 +205,8 @@ class UnleashSamplerLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("numberOfPairs and steps must be at least 1, temperature above 0"))
         if schedule not in SCHEDULES:
             raise ValueError(_("schedule must be one of {choices}").format(choices=", ".join(SCHEDULES)))
-        if modelPath and not os.path.isfile(modelPath):
-            raise ValueError(_("The model file {path} does not exist").format(path=modelPath))
+        if modelPath:
+            checkModelFile(modelPath, "sampler")
         if self.running:
             raise RuntimeError(_("Sampling is already running: cancel it first"))
         outputFolder = outputFolder or str(pathlib.Path.home() / "unleash-samples")
@@ -231,23 +232,9 @@ class UnleashSamplerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def loadPairs(result: dict) -> list:
-        """The first pairs of a `result` event as segmentation nodes, one per pair with the segments `fixed`
-        (magenta) and `moving` (green), shown in 3D."""
-        nodes = []
-        for pair in result.get("pairs", [])[:PAIRS_LOADED]:
-            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", pair["name"])
-            segmentationNode.CreateDefaultDisplayNodes()
-            for role, color in (("fixed", SEGMENT_COLORS["fixed"]), ("moving", SEGMENT_COLORS["moving"])):
-                labelNode = slicer.util.loadLabelVolume(os.path.join(result["output"], pair["files"][role]))
-                slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelNode, segmentationNode)
-                segmentation = segmentationNode.GetSegmentation()
-                segment = segmentation.GetSegment(segmentation.GetNthSegmentID(segmentation.GetNumberOfSegments() - 1))
-                segment.SetName(role)
-                segment.SetColor(*color)
-                slicer.mrmlScene.RemoveNode(labelNode)
-            segmentationNode.CreateClosedSurfaceRepresentation()
-            nodes.append(segmentationNode)
-        return nodes
+        """The first PAIRS_LOADED pairs of a `result` event as segmentation nodes, one per pair with the segments
+        `fixed` (magenta) and `moving` (green), shown in 3D."""
+        return samples.loadSampledPairs(sceneInSlicer(), result, PAIRS_LOADED)
 
     @staticmethod
     def saveAsTrainingFolder(samplesFolder, targetFolder) -> list:

@@ -25,6 +25,8 @@ from UnleashCommon.dependencies import ensureDependencies
 from UnleashCommon.engine import defaultRunFolders, describeRun, listRuns, readMetrics, runSummary
 from UnleashCommon.jobpanel import JobPanelWidget
 from UnleashCommon.runner import describeProgress
+from UnleashCommon.scene import charts
+from UnleashCommon.scene.context import sceneInSlicer
 
 MODEL_KINDS = ["registration", "vqae", "denoiser"]
 STOP_GRACE_S = 600.0  # a stopped job finishes its step (and a validation under way) before it saves and exits
@@ -376,27 +378,8 @@ class UnleashTrainingLogic(ScriptedLoadableModuleLogic):
 
     def updatePlot(self) -> None:
         """The loss against the step in a table node, drawn by a plot chart in the layout's plot view."""
-        import numpy as np
-
-        if not self.steps:
-            return
-        columns = [np.array(self.steps, float), np.array(self.losses, float)]
-        if self.tableNode is None or slicer.mrmlScene.GetNodeByID(self.tableNode.GetID()) is None:
-            self.tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "Unleash training loss")
-            slicer.util.updateTableFromArray(self.tableNode, columns, ["step", "loss"])
-            series = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", "loss")
-            series.SetAndObserveTableNodeID(self.tableNode.GetID())
-            series.SetXColumnName("step")
-            series.SetYColumnName("loss")
-            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeLine)
-            series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
-            chart = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "Unleash training")
-            chart.AddAndObservePlotSeriesNodeID(series.GetID())
-            chart.SetXAxisTitle("step")
-            chart.SetYAxisTitle("loss")
-            slicer.modules.plots.logic().ShowChartInLayout(chart)
-        else:
-            slicer.util.updateTableFromArray(self.tableNode, columns, ["step", "loss"])
+        if self.steps:
+            self.tableNode = charts.lossChart(sceneInSlicer(), self.steps, self.losses, self.tableNode)
 
 
 #

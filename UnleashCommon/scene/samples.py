@@ -6,7 +6,7 @@ import os
 
 from .nodes import removedOnFailure, removeNode, uniqueName
 
-SEGMENT_COLORS = {"fixed": (0.9, 0.2, 0.9), "moving": (0.2, 0.85, 0.3)}  # magenta and green
+SEGMENT_COLORS = {"fixed": (1.0, 0.0, 1.0), "moving": (0.0, 0.8, 0.0)}  # magenta and green, as in the engine's preview.png
 
 
 def loadSampledPairs(logics, result: dict, limit: int | None = None) -> list:
