@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from unleash.jobs import register_command, sample_command, train_command
+from unleash.jobspec import JOBS
 from UnleashCommon import jobEnvironment, pythonExecutable
 from UnleashCommon.dependencies import (
     PIP_REQUIREMENTS,
@@ -189,7 +190,7 @@ def test_each_module_has_widget_logic_and_a_real_test_class():
         assert tests <= called, f"{module}Test.runTest does not run {sorted(tests - called)}"
 
 
-ALLOWED_ENGINE_IMPORTS = {"unleash.jobs", "unleash.devices", "unleash.outputs", "unleash.pipeline"}
+ALLOWED_ENGINE_IMPORTS = {"unleash.jobs", "unleash.jobspec", "unleash.devices", "unleash.outputs", "unleash.pipeline"}
 HEAVY = {"torch", "numpy", "scipy", "SimpleITK", "safetensors", "monai", "unleash.devices", "unleash.outputs",
          "unleash.pipeline"}
 
@@ -211,7 +212,7 @@ def test_modules_import_only_the_engines_job_interface(path):
         for module, name in names:
             if module == "unleash" or module.startswith("unleash."):
                 assert module in ALLOWED_ENGINE_IMPORTS, f"{path.name}:{node.lineno} imports {module}"
-                if module != "unleash.jobs":
+                if module not in ("unleash.jobs", "unleash.jobspec"):
                     assert name is not None and (name.isupper() or name == "list_devices"), \
                         f"{path.name}:{node.lineno}: from {module} only constants (or list_devices), not {name}"
             if id(node) in top_level:
@@ -456,9 +457,14 @@ def registration_module_call() -> ast.Call:
     return calls[0]
 
 
+def command_keywords(function, job: str) -> set[str]:
+    """The keywords a command builder takes: its own and its job's options (jobspec)."""
+    return set(inspect.signature(function).parameters) - {"options"} | {o.dest for o in JOBS[job].options}
+
+
 def test_the_module_calls_register_command_with_its_real_keywords():
     call = registration_module_call()
-    parameters = inspect.signature(register_command).parameters
+    parameters = command_keywords(register_command, "register")
     keywords = {k.arg for k in call.keywords}
     assert keywords <= set(parameters), f"unknown keywords {keywords - set(parameters)}"
     assert "python" in keywords and len(call.args) == 3
@@ -494,7 +500,7 @@ def test_the_training_module_calls_train_command_with_its_real_keywords():
     tree = ast.parse((REPO / "UnleashTraining" / "UnleashTraining.py").read_text())
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "train_command"]
     assert len(calls) == 2  # start and resume
-    parameters = set(inspect.signature(train_command).parameters)
+    parameters = command_keywords(train_command, "train")
     for call in calls:
         assert {k.arg for k in call.keywords} <= parameters and "python" in {k.arg for k in call.keywords}
     fine_tune = train_command("registration", data=[("pairs", 1.0)], out="run", init="start.safetensors", iterations=50)
@@ -550,15 +556,13 @@ def test_a_training_job_stops_on_cancel_and_resumes_as_the_module_runs_it(tmp_pa
 
 
 def test_the_sampler_module_calls_sample_command_with_its_real_keywords_and_the_engines_schedules():
-    from unleash.sample import SCHEDULES
-
     source = (REPO / "UnleashSampler" / "UnleashSampler.py").read_text()
     tree = ast.parse(source)
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "sample_command"]
     assert len(calls) == 1
-    assert {k.arg for k in calls[0].keywords} <= set(inspect.signature(sample_command).parameters)
-    steps = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "SCHEDULE_STEPS")
-    assert ast.literal_eval(steps) == SCHEDULES
+    assert {k.arg for k in calls[0].keywords} <= command_keywords(sample_command, "sample")
+    imported = {a.name for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "unleash.jobspec" for a in n.names}
+    assert {"SCHEDULES", "DEFAULT_SCHEDULE", "DEFAULT_TEMPERATURE"} <= imported
 
 
 def test_probe_snippet_uses_only_the_allowed_engine_names():

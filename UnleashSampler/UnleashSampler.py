@@ -17,6 +17,7 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
 
 from unleash.jobs import sample_command
+from unleash.jobspec import DEFAULT_SCHEDULE, DEFAULT_TEMPERATURE, SCHEDULES
 from UnleashCommon import pythonExecutable, slicerjobs
 from UnleashCommon.dependencies import ensureDependencies
 from UnleashCommon.engine import checkModelFile, copyTrainingPairs, defaultRunFolders
@@ -26,8 +27,6 @@ from UnleashCommon.runner import describeProgress
 from UnleashCommon.scene import samples
 from UnleashCommon.scene.context import sceneInSlicer
 
-SCHEDULE_STEPS = {"maskgit": 12, "paper": 256}  # the engine's schedules and their default steps (unleash.sample.SCHEDULES)
-SCHEDULES = list(SCHEDULE_STEPS)
 PAIRS_LOADED = 4  # pairs loaded into the scene at most; all are in the output folder
 
 #
@@ -61,9 +60,9 @@ See <a href="https://github.com/unleash-registration/UnleashRegistration/blob/ma
 @parameterNodeWrapper
 class UnleashSamplerParameterNode:
     numberOfPairs: Annotated[int, WithinRange(1, 10000)] = 4
-    schedule: Annotated[str, Choice(SCHEDULES)] = "maskgit"
-    steps: Annotated[int, WithinRange(1, 5000)] = SCHEDULE_STEPS["maskgit"]
-    temperature: Annotated[float, WithinRange(0.05, 2.0)] = 0.9
+    schedule: Annotated[str, Choice(list(SCHEDULES))] = DEFAULT_SCHEDULE
+    steps: Annotated[int, WithinRange(1, 5000)] = SCHEDULES[DEFAULT_SCHEDULE]
+    temperature: Annotated[float, WithinRange(0.05, 2.0)] = DEFAULT_TEMPERATURE
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: str = "auto"
     outputFolder: pathlib.Path = pathlib.Path.home() / "unleash-samples"
@@ -119,8 +118,8 @@ class UnleashSamplerWidget(JobPanelWidget):
     def onScheduleChanged(self, index) -> None:
         """Each schedule has its own sensible number of steps (the paper's is 256, MaskGIT's 12)."""
         schedule = self.ui.scheduleComboBox.currentText
-        if self._parameterNode and schedule in SCHEDULE_STEPS:
-            self._parameterNode.steps = SCHEDULE_STEPS[schedule]
+        if self._parameterNode and schedule in SCHEDULES:
+            self._parameterNode.steps = SCHEDULES[schedule]
 
     def onApplyButton(self) -> None:
         if self.logic.running:
@@ -196,24 +195,24 @@ class UnleashSamplerLogic(ScriptedLoadableModuleLogic):
     def newOutputPath(outputFolder) -> str:
         return str(pathlib.Path(outputFolder) / f"samples-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
-    def samplePairs(self, numberOfPairs=4, schedule="maskgit", steps=None, temperature=0.9, seed=0, device="auto",
+    def samplePairs(self, numberOfPairs=4, schedule=DEFAULT_SCHEDULE, steps=None, temperature=DEFAULT_TEMPERATURE, seed=0,
+                    device="auto",
                     modelPath=None, outputFolder=None, loadIntoScene=True, wait=True, onEvent=None, onFinished=None):
         """Sample `numberOfPairs` pairs into a new folder under `outputFolder`; with loadIntoScene, the first
         PAIRS_LOADED pairs become segmentation nodes. wait=True: returns (the job's result, the loaded nodes);
         else the job, and onFinished(job, nodes) is called at the end."""
         if numberOfPairs < 1 or (steps is not None and steps < 1) or temperature <= 0:
             raise ValueError(_("numberOfPairs and steps must be at least 1, temperature above 0"))
-        if schedule not in SCHEDULES:
-            raise ValueError(_("schedule must be one of {choices}").format(choices=", ".join(SCHEDULES)))
         if modelPath:
             checkModelFile(modelPath, "sampler")
         if self.running:
             raise RuntimeError(_("Sampling is already running: cancel it first"))
         outputFolder = outputFolder or str(pathlib.Path.home() / "unleash-samples")
-        os.makedirs(outputFolder, exist_ok=True)
+        # (a schedule the engine does not have is refused here, by the job's option list)
         command = sample_command(self.newOutputPath(outputFolder), numberOfPairs, model=modelPath or None,
                                  schedule=schedule, steps=steps, temperature=temperature, seed=seed, device=device or "auto",
                                  overwrite=False, python=pythonExecutable())
+        os.makedirs(outputFolder, exist_ok=True)
         loaded = []
 
         def finished(job):
@@ -263,7 +262,7 @@ class UnleashSamplerTest(ScriptedLoadableModuleTest):
         parameters = UnleashSamplerLogic().getParameterNode()
         self.assertEqual(parameters.numberOfPairs, 4)
         self.assertIn(parameters.schedule, SCHEDULES)
-        self.assertEqual(parameters.steps, SCHEDULE_STEPS[parameters.schedule])
+        self.assertEqual(parameters.steps, SCHEDULES[parameters.schedule])
         self.assertIsInstance(parameters.outputFolder, pathlib.Path)
 
     def test_sample_one_pair(self):

@@ -20,6 +20,7 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
 
 from unleash.jobs import train_command
+from unleash.jobspec import TRAIN_KINDS, TRAINING_DEFAULTS
 from UnleashCommon import pythonExecutable, slicerjobs
 from UnleashCommon.dependencies import ensureDependencies
 from UnleashCommon.engine import defaultRunFolders, describeRun, listRuns, readMetrics, runSummary
@@ -28,7 +29,6 @@ from UnleashCommon.runner import describeProgress
 from UnleashCommon.scene import charts
 from UnleashCommon.scene.context import sceneInSlicer
 
-MODEL_KINDS = ["registration", "vqae", "denoiser"]
 STOP_GRACE_S = 600.0  # a stopped job finishes its step (and a validation under way) before it saves and exits
 PLOT_EVERY_STEPS = 5
 
@@ -62,11 +62,11 @@ See <a href="https://github.com/unleash-registration/UnleashRegistration/blob/ma
 class UnleashTrainingParameterNode:
     """dataFolders: JSON list of [folder, weight] (the table is not a widget connectGui can bind)."""
 
-    modelKind: Annotated[str, Choice(MODEL_KINDS)] = "registration"
+    modelKind: Annotated[str, Choice(list(TRAIN_KINDS))] = TRAIN_KINDS[0]
     dataFolders: str = "[]"
-    iterations: Annotated[int, WithinRange(1, 1000000)] = 1500
-    batchSize: Annotated[int, WithinRange(1, 256)] = 1
-    learningRate: Annotated[float, WithinRange(1e-6, 1.0)] = 1e-3
+    iterations: Annotated[int, WithinRange(1, 1000000)] = TRAINING_DEFAULTS[TRAIN_KINDS[0]]["iterations"]
+    batchSize: Annotated[int, WithinRange(1, 256)] = TRAINING_DEFAULTS[TRAIN_KINDS[0]]["batch_size"]
+    learningRate: Annotated[float, WithinRange(1e-6, 1.0)] = TRAINING_DEFAULTS[TRAIN_KINDS[0]]["learning_rate"]
     device: str = "auto"
     runFolder: pathlib.Path = defaultRunFolders()[0]
 
@@ -105,9 +105,9 @@ class UnleashTrainingWidget(JobPanelWidget):
         self.fillTable()
 
     def onKindChanged(self, index) -> None:
-        """The engine's defaults for the kind (known once the engine was asked, see Refresh)."""
+        """The engine's defaults for the kind."""
         kind = self.ui.modelKindComboBox.currentText
-        defaults = ((slicerjobs.engineInfo() or {}).get("training_defaults") or {}).get(kind)
+        defaults = TRAINING_DEFAULTS.get(kind)
         if defaults and self._parameterNode:
             self._parameterNode.iterations = int(defaults["iterations"])
             self._parameterNode.batchSize = int(defaults["batch_size"])
@@ -323,14 +323,13 @@ class UnleashTrainingLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("A training job is running; stop it first"))
         if not dataFolders:
             raise ValueError(_("Add at least one folder of training data"))
-        if modelKind not in MODEL_KINDS:
-            raise ValueError(_("modelKind must be one of {choices}").format(choices=", ".join(MODEL_KINDS)))
         runFolder = runFolder or str(defaultRunFolders()[0])
-        os.makedirs(runFolder, exist_ok=True)
+        # (a kind the engine does not train is refused here, by the job's option list)
         command = train_command(modelKind, data=[(folder, weight) for folder, weight in dataFolders],
                                 out=self.newRunPath(runFolder, modelKind), validation=list(validationFolders),
                                 config=configFile, vqae=vqaeFile, init=initFile, iterations=iterations, batch_size=batchSize,
                                 learning_rate=learningRate, seed=seed, device=device, python=pythonExecutable())
+        os.makedirs(runFolder, exist_ok=True)
         return self._run(command, wait, onEvent, onFinished)
 
     def resumeTraining(self, runPath, iterations=None, device="auto", wait=False, onEvent=None, onFinished=None):
@@ -338,7 +337,7 @@ class UnleashTrainingLogic(ScriptedLoadableModuleLogic):
         if self.running:
             raise RuntimeError(_("A training job is running; stop it first"))
         kind = runSummary(runPath)["kind"]
-        if kind not in MODEL_KINDS:
+        if kind not in TRAIN_KINDS:
             raise ValueError(_("{path} is not a training run folder").format(path=runPath))
         command = train_command(kind, resume=runPath, iterations=iterations, device=device, python=pythonExecutable())
         self.plotRun(runPath)

@@ -6,41 +6,44 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import fields
 
 from .errors import UserError
 from .jobs import Progress
+from .jobspec import JOBS, Job
 
 
-def _add_common(parser: argparse.ArgumentParser, device: bool = True) -> None:
-    if device:
-        parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
-                        help="bar: progress on stderr; json: one JSON event per line on stdout (default: bar)")
+def add_job_parser(commands, job: Job):
+    """A subcommand whose arguments are `job`'s options, in their order."""
+    parser = commands.add_parser(job.name, help=job.help, description=job.description)
+    for option in job.options:
+        flags = [option.flag] if option.positional else [f for f in (option.short, option.flag) if f]
+        settings = {"help": option.help}
+        if not option.positional:
+            settings.update(dest=option.dest, default=option.parser_default())
+            if option.required:
+                settings["required"] = True
+        if option.kind == "flag":
+            settings["action"] = "store_true"
+        else:
+            settings.update(metavar=option.metavar, choices=option.choices or None)
+            if option.kind == "list":
+                settings["action"] = "append"
+            elif option.kind in ("int", "float"):
+                settings["type"] = {"int": int, "float": float}[option.kind]
+        parser.add_argument(*flags, **settings)
+    return parser
+
+
+def _options(options_class, args):
+    """An engine options dataclass from the parsed arguments of the same names."""
+    return options_class(**{f.name: getattr(args, f.name) for f in fields(options_class) if hasattr(args, f.name)})
 
 
 def _register_options(args):
     from .pipeline import RegisterOptions
 
-    return RegisterOptions(model=args.model, device=args.device, inputs=args.inputs, refinement=args.refinement,
-                           start=args.start, adapt_iters=args.adapt_iters,
-                           landmarks=getattr(args, "landmarks", None), seed=args.seed)
-
-
-def _add_register_options(parser: argparse.ArgumentParser) -> None:
-    from .pipeline import DEFAULT_ADAPT_ITERS, REFINEMENTS, STARTS
-
-    parser.add_argument("--model", help="registration model file (default: the shipped model)")
-    parser.add_argument("--inputs", choices=["auto", "vessels", "ct"], default="auto",
-                        help="vessel label maps or lung CTs (default: auto, decided from the voxel values)")
-    parser.add_argument("--adapt-iters", type=int, default=DEFAULT_ADAPT_ITERS,
-                        help=f"refinement iterations on the pair (default: {DEFAULT_ADAPT_ITERS}; 0: network only)")
-    parser.add_argument("--refinement", choices=REFINEMENTS, default="io",
-                        help="io: instance optimisation of the field (default); tta: test-time adaptation of the network")
-    parser.add_argument("--start", choices=STARTS,
-                        help="identity: instance optimisation alone (default with --refinement io); "
-                             "network: refine the network's prediction (default with tta, or with --adapt-iters 0)")
-    _add_common(parser)
+    return _options(RegisterOptions, args)
 
 
 def cmd_register(args, progress: Progress) -> int:
@@ -94,9 +97,7 @@ def cmd_models(args, progress: Progress) -> int:
 def cmd_sample(args, progress: Progress) -> int:
     from .sample import SampleOptions, sample_files
 
-    options = SampleOptions(model=args.model, schedule=args.schedule, steps=args.steps, temperature=args.temperature,
-                            batch_size=args.batch_size, seed=args.seed, device=args.device, probabilities=args.probabilities)
-    report = sample_files(args.count, args.output, options, progress, args.overwrite)
+    report = sample_files(args.count, args.output, _options(SampleOptions, args), progress, args.overwrite)
     progress.result(**report)
     if progress.mode != "json":
         print(f"wrote {report['count']} pairs to {report['output']}/ in {report['seconds']['total']:.1f} s "
@@ -117,11 +118,8 @@ def cmd_encode(args, progress: Progress) -> int:
 def cmd_train(args, progress: Progress) -> int:
     from .train.run import TrainOptions, train_command
 
-    options = TrainOptions(kind=args.kind, data=args.data or [], validation=args.val or [], out=args.out, resume=args.resume,
-                           config=args.config, iterations=args.iterations, batch_size=args.batch_size,
-                           learning_rate=args.lr, seed=args.seed, device=args.device, vqae=args.vqae,
-                           tokens=args.tokens, init=args.init)
-    summary = train_command(options, progress)
+    args.data, args.validation = args.data or [], args.validation or []
+    summary = train_command(_options(TrainOptions, args), progress)
     if summary.pop("rank"):
         return 0  # the other processes of a torchrun job: rank 0 reports
     if summary["stopped"]:
@@ -135,76 +133,9 @@ def cmd_train(args, progress: Progress) -> int:
     return 0
 
 
-def _add_train_parser(commands) -> None:
-    train = commands.add_parser(
-        "train", help="train the registration network, the VQ-autoencoder or the denoiser",
-        description="Train a model into RUNDIR (config.json, metrics.csv, checkpoints/, previews/, best.safetensors, "
-                    "model.safetensors). SIGINT/SIGTERM saves a resumable checkpoint and exits 0; continue with --resume. "
-                    "Several GPUs or machines: torchrun --nproc_per_node N -m unleash train ...")
-    train.add_argument("kind", choices=["registration", "vqae", "denoiser"])
-    train.add_argument("--data", action="append", metavar="DIR[:WEIGHT]",
-                       help="folder of case_NNN_1/_2 or pair_NNNN_fixed/_moving pairs (denoiser: a tokens.npz file or a "
-                            "folder holding one); repeat to mix sources, sampled in proportion to WEIGHT (default 1)")
-    train.add_argument("--val", action="append", metavar="DIR",
-                       help="held-out pairs (registration: with DIR_landmarks/ for TRE) or token file; repeatable")
-    train.add_argument("--out", metavar="RUNDIR", help="a new (or empty) run folder")
-    train.add_argument("--resume", metavar="RUNDIR", help="continue a stopped run from its last checkpoint")
-    train.add_argument("--config", metavar="FILE", help="JSON with any of the sections model, training, task")
-    train.add_argument("--iterations", type=int, help="training steps (on --resume: a new, higher total)")
-    train.add_argument("--batch-size", type=int, help="the global batch (split over torchrun processes)")
-    train.add_argument("--lr", type=float, help="peak learning rate")
-    train.add_argument("--vqae", metavar="FILE", help="denoiser only: the VQ-AE (or sampler) model file whose tokens it "
-                                                      "learns; the result is then a sampler model for `unleash sample`")
-    train.add_argument("--tokens", metavar="FILE", help="vqae only: train the codebook and decoder to turn these given token "
-                                                        "grids (matched to the pairs by name) into their pairs")
-    train.add_argument("--init", metavar="FILE", help="start from this model file's weights and model config (fine-tuning, "
-                                                      "e.g. the shipped model on your own pairs) instead of a random start")
-    train.add_argument("--seed", type=int, help="random seed (default: 0)")
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    train.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
-                       help="bar: progress on stderr; json: one JSON event per line on stdout (default: bar)")
-    train.set_defaults(run=cmd_train)
-
-
-def _add_sample_parser(commands) -> None:
-    from .sample import DEFAULT_SCHEDULE, DEFAULT_TEMPERATURE, SCHEDULES
-
-    sample = commands.add_parser("sample", help="sample synthetic fixed/moving vessel pairs with a sampler model",
-                                 description="Sample N synthetic pairs of vessel label maps into OUTDIR: "
-                                             "pair_NNNN_fixed.nii.gz and pair_NNNN_moving.nii.gz (uint8, 1 mm, centred "
-                                             "at 0 mm), samples.json and preview.png. OUTDIR can be used directly as "
-                                             "registration training data.")
-    sample.add_argument("-n", "--count", type=int, required=True, metavar="N", help="number of pairs")
-    sample.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-    sample.add_argument("--model", help="sampler model file (default: the shipped sampler)")
-    sample.add_argument("--schedule", choices=list(SCHEDULES), default=DEFAULT_SCHEDULE,
-                        help=f"paper: random unmasking, the reference; maskgit: confidence-ordered, cosine, fewer steps "
-                             f"(default: {DEFAULT_SCHEDULE})")
-    sample.add_argument("--steps", type=int, help="denoiser passes (default: " +
-                        ", ".join(f"{steps} for {name}" for name, steps in SCHEDULES.items()) + ")")
-    sample.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
-                        help=f"sampling temperature of the token distribution (default: {DEFAULT_TEMPERATURE})")
-    sample.add_argument("--batch-size", type=int, default=8, help="pairs sampled together (default: 8)")
-    sample.add_argument("--probabilities", action="store_true",
-                        help="also write the soft maps pair_NNNN_fixed/moving_probability.nii.gz (float32)")
-    sample.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists and is not empty")
-    _add_common(sample)
-    sample.set_defaults(run=cmd_sample)
-
-
-def _add_encode_parser(commands) -> None:
-    encode = commands.add_parser("encode", help="turn a folder of vessel pairs into token grids with a trained VQ-autoencoder",
-                                 description="Encode each case_NNN_1/_2 or pair_NNNN_fixed/_moving pair of FOLDER into "
-                                             "OUTDIR/tokens.npz (int16 token grids, the denoiser's training data, in the "
-                                             "layout of the paper's token files) and OUTDIR/encode.json (reconstruction Dice).")
-    encode.add_argument("folder")
-    encode.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-    encode.add_argument("--model", required=True, help="a 'vqae' model file, or a 'sampler' model file (its VQ-autoencoder)")
-    encode.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists and is not empty")
-    encode.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    encode.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
-                        help="bar: progress on stderr; json: one JSON event per line on stdout (default: bar)")
-    encode.set_defaults(run=cmd_encode)
+# the engine function that runs each job
+RUNS = {"register": cmd_register, "evaluate": cmd_evaluate, "demo": cmd_demo, "sample": cmd_sample,
+        "encode": cmd_encode, "train": cmd_train}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,48 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Inverse-consistent lung registration and synthetic vessel pairs.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('unleash').__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    register = commands.add_parser("register", help="register a moving scan to a fixed scan",
-                                   description="Register MOVING to FIXED (vessel label maps or lung CTs) and write "
-                                               "displacement.nii.gz, inverse_displacement.nii.gz, warped_moving.nii.gz, "
-                                               "jacobian_determinant.nii.gz and report.json into OUTDIR.")
-    register.add_argument("fixed")
-    register.add_argument("moving")
-    register.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-    register.add_argument("--landmarks", help="CSV of corresponding voxel indices (fixed_i,...,moving_k) for TRE")
-    register.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists and is not empty")
-    _add_register_options(register)
-    register.set_defaults(run=cmd_register)
-
-    evaluate = commands.add_parser("evaluate", help="register every pair of a folder and tabulate TRE and deformation quality",
-                                   description="Register each case_NNN_1/_2 (or pair_NNNN_fixed/_moving) pair in FOLDER; "
-                                               "landmarks are read from FOLDER_landmarks/case_NNN.csv. Writes "
-                                               "evaluation.csv and evaluation.json into OUTDIR.")
-    evaluate.add_argument("folder")
-    evaluate.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-    evaluate.add_argument("--landmarks-folder", help="folder of <case>.csv landmark files (default: FOLDER_landmarks)")
-    evaluate.add_argument("--limit", type=int, help="only the first N pairs")
-    evaluate.add_argument("--overwrite", action="store_true")
-    _add_register_options(evaluate)
-    evaluate.set_defaults(run=cmd_evaluate)
-
-    demo = commands.add_parser("demo", help="register a built-in synthetic example pair with the shipped model",
-                               description="Makes a synthetic vessel tree and a known smooth deformation, registers the "
-                                           "pair with the shipped model, reports the error against the known truth and "
-                                           "writes overview.png with the registration outputs.")
-    demo.add_argument("-o", "--output", default="unleash-demo", metavar="OUTDIR", help="(default: ./unleash-demo)")
-    demo.add_argument("--overwrite", action="store_true")
-    _add_register_options(demo)
-    demo.set_defaults(run=cmd_demo)
+    for name in ("register", "evaluate", "demo"):
+        add_job_parser(commands, JOBS[name]).set_defaults(run=RUNS[name])
 
     models = commands.add_parser("models", help="show the config and card of model files (default: the shipped ones)")
     models.add_argument("paths", nargs="*")
     models.add_argument("-v", "--verbose", action="store_true")
     models.set_defaults(run=cmd_models, progress="none")
 
-    _add_sample_parser(commands)
-    _add_encode_parser(commands)
-    _add_train_parser(commands)
+    for name in ("sample", "encode", "train"):
+        add_job_parser(commands, JOBS[name]).set_defaults(run=RUNS[name])
     return parser
 
 

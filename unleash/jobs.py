@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
+from .jobspec import JOBS
 
 
 class Progress:
@@ -143,64 +144,40 @@ def unleash_command(python: str | None = None) -> list[str]:
     return [python or sys.executable, "-m", "unleash"]
 
 
-def register_command(fixed: str, moving: str, output_dir: str, *, model: str | None = None, device: str = "auto",
-                     adapt_iters: int | None = None, landmarks: str | None = None, inputs: str = "auto",
-                     start: str | None = None, seed: int | None = None, overwrite: bool = True,
-                     python: str | None = None) -> list[str]:
-    """The exact command line of a registration job, as the UnleashRegistration module runs it.
-    start None: the engine's default start of the refinement."""
-    command = unleash_command(python) + ["register", str(fixed), str(moving), "-o", str(output_dir),
-                                         "--device", device, "--inputs", inputs, "--progress", "json"]
-    if model:
-        command += ["--model", str(model)]
-    if adapt_iters is not None:
-        command += ["--adapt-iters", str(adapt_iters)]
-    if landmarks:
-        command += ["--landmarks", str(landmarks)]
-    if start:
-        command += ["--start", start]
-    if seed is not None:
-        command += ["--seed", str(seed)]
-    if overwrite:
-        command.append("--overwrite")
-    return command
+def job_command(job: str, *, python: str | None = None, progress: str = "json", **values) -> list[str]:
+    """The command line of `unleash JOB` with these option values, by their jobspec `dest` (None: the
+    engine's default). Every job's command line comes from here, so it is what the CLI parses."""
+    spec = JOBS[job]
+    known = {option.dest for option in spec.options}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TypeError(f"{job} has no option {', '.join(unknown)}")
+    values["progress"] = progress
+    return unleash_command(python) + [job] + [part for option in spec.options
+                                              for part in option.arguments(values.get(option.dest))]
 
 
-def sample_command(output_dir: str, count: int, *, model: str | None = None, schedule: str | None = None,
-                   steps: int | None = None, temperature: float | None = None, batch_size: int | None = None,
-                   probabilities: bool = False, device: str = "auto", seed: int | None = None, overwrite: bool = True,
-                   python: str | None = None) -> list[str]:
-    """The exact command line of a sampling job, as the UnleashSampler module runs it."""
-    command = unleash_command(python) + ["sample", "-n", str(count), "-o", str(output_dir),
-                                         "--device", device, "--progress", "json"]
-    for flag, value in (("--model", model), ("--schedule", schedule), ("--steps", steps),
-                        ("--temperature", temperature), ("--batch-size", batch_size), ("--seed", seed)):
-        if value is not None:
-            command += [flag, str(value)]
-    if probabilities:
-        command.append("--probabilities")
-    if overwrite:
-        command.append("--overwrite")
-    return command
+def register_command(fixed: str, moving: str, output_dir: str, *, overwrite: bool = True, python: str | None = None,
+                     **options) -> list[str]:
+    """The exact command line of a registration job, as the UnleashRegistration module runs it; `options` by
+    their jobspec names (model, device, adapt_iters, landmarks, inputs, start, seed, ...)."""
+    return job_command("register", fixed=fixed, moving=moving, output=output_dir, overwrite=overwrite, python=python,
+                       **options)
 
 
-def train_command(kind: str, *, data: list[tuple[str, float]] | None = None, out: str | None = None,
-                  resume: str | None = None, validation: list[str] | None = None, config: str | None = None,
-                  vqae: str | None = None, init: str | None = None, iterations: int | None = None,
-                  batch_size: int | None = None, learning_rate: float | None = None, seed: int | None = None,
-                  device: str = "auto", python: str | None = None) -> list[str]:
-    """The exact command line of a training job (new: data + out; or resume), as UnleashTraining runs it."""
-    command = unleash_command(python) + ["train", kind, "--device", device, "--progress", "json"]
+def sample_command(output_dir: str, count: int, *, overwrite: bool = True, python: str | None = None,
+                   **options) -> list[str]:
+    """The exact command line of a sampling job, as the UnleashSampler module runs it (options: model, schedule,
+    steps, temperature, batch_size, probabilities, device, seed)."""
+    return job_command("sample", count=count, output=output_dir, overwrite=overwrite, python=python, **options)
+
+
+def train_command(kind: str, *, data: list[tuple[str, float]] | None = None, resume: str | None = None,
+                  python: str | None = None, **options) -> list[str]:
+    """The exact command line of a training job (new: data + out; or resume), as UnleashTraining runs it.
+    data: (folder, sampling weight) pairs; options: out, validation, config, vqae, init, iterations, ..."""
     if resume:
-        command += ["--resume", str(resume)]
-    else:
-        for folder, weight in data or []:
-            command += ["--data", str(folder) if float(weight) == 1 else f"{folder}:{float(weight):g}"]
-        for folder in validation or []:
-            command += ["--val", str(folder)]
-        command += ["--out", str(out)]
-    for flag, value in (("--config", config), ("--vqae", vqae), ("--init", init), ("--iterations", iterations),
-                        ("--batch-size", batch_size), ("--lr", learning_rate), ("--seed", seed)):
-        if value is not None and value != "":
-            command += [flag, str(value)]
-    return command
+        options = {key: value for key, value in options.items() if key not in ("out", "validation")}
+        return job_command("train", kind=kind, resume=resume, python=python, **options)
+    sources = [str(folder) if float(weight) == 1 else f"{folder}:{float(weight):g}" for folder, weight in data or []]
+    return job_command("train", kind=kind, data=sources, python=python, **options)

@@ -14,6 +14,7 @@ from .devices import describe, resolve_device
 from .errors import UserError
 from .geometry import read_volume
 from .jobs import Progress, atomic_output_dir, check_output_dir
+from .jobspec import REFINEMENTS, STARTS
 from .optimise import RefineConfig
 from .outputs import (
     FILES,
@@ -26,12 +27,6 @@ from .outputs import (
 )
 from .register import prepare_pair, register_prepared
 
-REFINEMENTS = ("io", "tta", "none")
-# Where the refinement starts: the network's prediction, or the identity (instance optimisation
-# alone). Instance optimisation starts from the identity by default: with the shipped CPU-trained
-# network it measured better on all 17 val pairs (2.88 vs 3.22 mm mean TRE, same time; README).
-# Test-time adaptation, and no refinement at all, need the network.
-STARTS = ("network", "identity")
 # Total refinement iterations of the default; the benchmark in benchmarks/registration.py measured
 # the trade-off between TRE and seconds that chose it (see the model card).
 DEFAULT_ADAPT_ITERS = RefineConfig().total_iterations

@@ -36,14 +36,12 @@ from .devices import describe, resolve_device
 from .errors import UserError
 from .geometry import Grid, Volume, network_grid, write_image
 from .jobs import Progress, atomic_output_dir, check_output_dir
+from .jobspec import DEFAULT_SAMPLE_BATCH, DEFAULT_SCHEDULE, DEFAULT_TEMPERATURE, SCHEDULES
 from .models.denoiser import Denoiser
 from .models.sampler import Sampler
 from .models.vqae import VQAutoEncoder
 from .preview_pairs import pair_projections, pairs_preview_png
 
-SCHEDULES = {"paper": 256, "maskgit": 12}  # schedule -> its default number of steps (benchmarks/sampler.py)
-DEFAULT_SCHEDULE = "maskgit"
-DEFAULT_TEMPERATURE = 0.9
 CHOICE_NOISE = 4.5  # MaskGIT's Gumbel noise on the confidence, annealed to 0 over the steps
 
 
@@ -161,7 +159,7 @@ class SampleOptions:
     schedule: str = DEFAULT_SCHEDULE
     steps: int | None = None  # None: the schedule's default
     temperature: float = DEFAULT_TEMPERATURE
-    batch_size: int = 8  # pairs per denoiser batch; decoding is one pair at a time
+    batch_size: int = DEFAULT_SAMPLE_BATCH  # pairs per denoiser batch; decoding is one pair at a time
     seed: int = 0
     device: str = "auto"
     probabilities: bool = False

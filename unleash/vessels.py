@@ -14,8 +14,7 @@ from scipy import ndimage
 
 from .errors import UserError
 from .geometry import Grid, Volume
-
-INPUT_KINDS = ("auto", "vessels", "ct")
+from .jobspec import INPUT_KINDS
 
 # Telling a label map from a CT.
 MAX_LABELS = 16                 # a vessel label map has at most this many distinct values

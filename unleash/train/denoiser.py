@@ -26,10 +26,6 @@ class DenoiserTask:
     validation_mask_shares: list[float] = field(default_factory=lambda: [0.15, 0.35, 0.55, 0.75, 0.95])
 
 
-TRAINING_DEFAULTS = {"iterations": 20000, "batch_size": 8, "learning_rate": 2e-4, "warmup": 500,
-                     "validate_every": 500, "checkpoint_every": 250}
-
-
 def masked(tokens: torch.Tensor, share: float, rng: np.random.Generator, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input with about `share` of the tokens replaced by the mask id, which positions); >= 1 masked."""
     positions = rng.random(tokens.shape) < share  # tokens (1, L)

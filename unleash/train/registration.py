@@ -39,10 +39,6 @@ class RegistrationTask:
 
 
 # the `training` defaults of a registration run: what the shipped model was trained with
-TRAINING_DEFAULTS = {"iterations": 1500, "batch_size": 1, "learning_rate": 1e-3, "warmup": 30,
-                     "validate_every": 250, "checkpoint_every": 100}
-
-
 def random_affine_mm(shape_dhw, spacing_mm: float, settings: RegistrationTask, rng: np.random.Generator,
                      device: torch.device | str = "cpu") -> torch.Tensor:
     """Displacement (1, 3, D, H, W) in mm of a random affine map about the box centre."""

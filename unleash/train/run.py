@@ -15,6 +15,7 @@ from ..checkpoints import load_model, read_metadata, save_model
 from ..devices import describe
 from ..errors import UserError
 from ..jobs import Progress
+from ..jobspec import TRAINING_DEFAULTS
 from ..models.denoiser import DenoiserConfig
 from ..models.registration import RegistrationConfig
 from ..models.sampler import Sampler, SamplerConfig
@@ -26,11 +27,10 @@ from .rundir import RunFolder, check_new_run_dir, read_run_config
 from .settings import TrainingSettings, dataclass_from, merged, read_config_file
 from .state import load_state
 
-# kind -> (model config, task settings, trainer, the kind's `training` defaults)
-KINDS = {"registration": (RegistrationConfig, registration.RegistrationTask, registration.RegistrationTrainer,
-                          registration.TRAINING_DEFAULTS),
-         "vqae": (VQAEConfig, vqae.VQAETask, vqae.VQAETrainer, vqae.TRAINING_DEFAULTS),
-         "denoiser": (DenoiserConfig, denoiser.DenoiserTask, denoiser.DenoiserTrainer, denoiser.TRAINING_DEFAULTS)}
+# kind -> (model config, task settings, trainer); the kind's `training` defaults are jobspec.TRAINING_DEFAULTS
+KINDS = {"registration": (RegistrationConfig, registration.RegistrationTask, registration.RegistrationTrainer),
+         "vqae": (VQAEConfig, vqae.VQAETask, vqae.VQAETrainer),
+         "denoiser": (DenoiserConfig, denoiser.DenoiserTask, denoiser.DenoiserTrainer)}
 
 
 @dataclass
@@ -52,8 +52,8 @@ class TrainOptions:
 
 
 def default_config(kind: str) -> dict:
-    config_class, task_class, _, training_defaults = KINDS[kind]
-    return {"kind": kind, "model": config_class().to_dict(), "training": asdict(TrainingSettings(**training_defaults)),
+    config_class, task_class, _ = KINDS[kind]
+    return {"kind": kind, "model": config_class().to_dict(), "training": asdict(TrainingSettings(**TRAINING_DEFAULTS[kind])),
             "task": asdict(task_class())}
 
 
@@ -92,7 +92,7 @@ def new_run_config(options: TrainOptions, init_config=None) -> dict:
 
 def parse_config(config: dict):
     """(model config, training settings, task settings) of a run config, checked strictly."""
-    config_class, task_class, _, _ = KINDS[config["kind"]]
+    config_class, task_class, _ = KINDS[config["kind"]]
     try:
         model_config = config_class.from_dict(config["model"])
     except (ValueError, TypeError) as exc:

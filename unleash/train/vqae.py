@@ -36,10 +36,6 @@ class VQAETask:
     token_noise: float = 0.0
 
 
-TRAINING_DEFAULTS = {"iterations": 10000, "batch_size": 2, "learning_rate": 3e-4, "warmup": 200,
-                     "validate_every": 500, "checkpoint_every": 250}
-
-
 def pair_on_token_grid(files, config: VQAEConfig) -> torch.Tensor:
     """A pair as uint8 (2, I, J, K) on the VQ-AE's volume grid (fixed, moving)."""
     fixed, moving = read_pair(files)
