@@ -31,6 +31,8 @@ import pytest
 
 from unleash.jobs import register_command, sample_command, train_command
 from unleash.jobspec import JOBS
+from unleash.modelfile import find_model_files, model_kind
+from unleash.train.rundir import list_runs, read_metrics, run_summary
 from UnleashCommon import jobEnvironment, pythonExecutable
 from UnleashCommon.dependencies import (
     PIP_REQUIREMENTS,
@@ -46,13 +48,8 @@ from UnleashCommon.engine import (
     describeRun,
     deviceChoices,
     deviceLabel,
-    findModels,
-    listRuns,
     lowMemoryWarning,
-    modelKind,
     probeCommand,
-    readMetrics,
-    runSummary,
 )
 from UnleashCommon.landmarks import HEADER, rasToIjk, writeLandmarksCsv
 from UnleashCommon.results import reportHtml, reportSummary
@@ -190,9 +187,17 @@ def test_each_module_has_widget_logic_and_a_real_test_class():
         assert tests <= called, f"{module}Test.runTest does not run {sorted(tests - called)}"
 
 
-ALLOWED_ENGINE_IMPORTS = {"unleash.jobs", "unleash.jobspec", "unleash.devices", "unleash.outputs", "unleash.pipeline"}
+# The engine modules that need only the standard library: the modules use them freely.
+TORCH_FREE_ENGINE = {"unleash.jobs", "unleash.jobspec", "unleash.modelfile", "unleash.train.rundir"}
+ALLOWED_ENGINE_IMPORTS = TORCH_FREE_ENGINE | {"unleash.devices", "unleash.outputs", "unleash.pipeline"}
 HEAVY = {"torch", "numpy", "scipy", "SimpleITK", "safetensors", "monai", "unleash.devices", "unleash.outputs",
          "unleash.pipeline"}
+
+
+def test_the_engine_modules_that_the_modules_use_freely_do_not_load_torch_or_numpy():
+    code = f"import sys; import {', '.join(sorted(TORCH_FREE_ENGINE))}; print(sorted({{'torch', 'numpy'}} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("path", module_python_files(), ids=lambda p: str(p.relative_to(REPO)))
@@ -212,7 +217,7 @@ def test_modules_import_only_the_engines_job_interface(path):
         for module, name in names:
             if module == "unleash" or module.startswith("unleash."):
                 assert module in ALLOWED_ENGINE_IMPORTS, f"{path.name}:{node.lineno} imports {module}"
-                if module not in ("unleash.jobs", "unleash.jobspec"):
+                if module not in TORCH_FREE_ENGINE:
                     assert name is not None and (name.isupper() or name == "list_devices"), \
                         f"{path.name}:{node.lineno}: from {module} only constants (or list_devices), not {name}"
             if id(node) in top_level:
@@ -541,7 +546,7 @@ def test_a_training_job_stops_on_cancel_and_resumes_as_the_module_runs_it(tmp_pa
     assert job.returncode == 0 and job.result is None, job.stderrTail
     stopped = events[-1]
     assert stopped["event"] == "stopped" and stopped["reason"] == "SIGTERM" and 2 <= stopped["step"] < 200
-    summary = runSummary(run)
+    summary = run_summary(run)
     assert summary == {"name": "registration-1", "kind": "registration", "step": stopped["step"], "total": 200,
                        "finished": False}
     assert "can be resumed" in describeRun(summary)
@@ -551,8 +556,8 @@ def test_a_training_job_stops_on_cancel_and_resumes_as_the_module_runs_it(tmp_pa
     job = JobRunner(resume, env=jobEnvironment()).start().wait(timeout=180)
     assert job.returncode == 0 and job.result["step"] == stopped["step"] + 2, job.error
     assert Path(job.result["model"]).is_file()
-    assert readMetrics(run)["step"] == [float(s) for s in range(1, stopped["step"] + 3)]
-    assert runSummary(run)["finished"] and findModels([run.parent]) == [run / "model.safetensors"]
+    assert read_metrics(run)["step"] == [float(s) for s in range(1, stopped["step"] + 3)]
+    assert run_summary(run)["finished"] and find_model_files([run.parent]) == [run / "model.safetensors"]
 
 
 def test_the_sampler_module_calls_sample_command_with_its_real_keywords_and_the_engines_schedules():
@@ -568,8 +573,7 @@ def test_the_sampler_module_calls_sample_command_with_its_real_keywords_and_the_
 def test_probe_snippet_uses_only_the_allowed_engine_names():
     tree = ast.parse(PROBE_SNIPPET)
     imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    assert imported == {("unleash.devices", "list_devices"), ("unleash.pipeline", "DEFAULT_ADAPT_ITERS"),
-                        ("unleash.train.run", "KINDS"), ("unleash.train.run", "default_config")}
+    assert imported == {("unleash.devices", "list_devices"), ("unleash.pipeline", "DEFAULT_ADAPT_ITERS")}
     assert probeCommand("py")[:2] == ["py", "-c"]
 
 
@@ -765,11 +769,11 @@ def test_models_and_runs_are_found(tmp_path):
     (tmp_path / "run-2" / "checkpoints" / "last.safetensors").write_bytes(b"")
     (tmp_path / "deep" / "a" / "b").mkdir(parents=True)
     (tmp_path / "deep" / "a" / "b" / "too-deep.safetensors").write_bytes(b"")
-    found = {p.relative_to(tmp_path).as_posix() for p in findModels([tmp_path, tmp_path / "missing"])}
+    found = {p.relative_to(tmp_path).as_posix() for p in find_model_files([tmp_path, tmp_path / "missing"])}
     assert found == {"run-1/model.safetensors"}  # a checkpoint is a training state, not a model file
-    runs = {run.name: has_model for run, has_model in listRuns(tmp_path)}
+    runs = {run.name: has_model for run, has_model in list_runs(tmp_path)}
     assert runs == {"run-1": True, "run-2": False, "deep": False}
-    assert listRuns(tmp_path / "missing") == [] and listRuns(None) == []
+    assert list_runs(tmp_path / "missing") == [] and list_runs(None) == []
 
 
 def test_sampled_pairs_are_copied_into_a_training_folder(tmp_path):
@@ -795,11 +799,11 @@ def test_model_files_are_told_apart_by_kind_without_torch(tmp_path, tiny_model):
     shutil.copy(DEFAULTS["sampler"], tmp_path / "run-b" / "model.safetensors")
     (tmp_path / "run-c").mkdir()
     (tmp_path / "run-c" / "model.safetensors").write_bytes(b"\xff" * 16)  # not a model file
-    assert modelKind(tmp_path / "run-a" / "model.safetensors") == "registration"
-    assert modelKind(tmp_path / "run-b" / "model.safetensors") == "sampler"
-    assert modelKind(tmp_path / "run-c" / "model.safetensors") is None
-    assert findModels([tmp_path], kind="registration") == [tmp_path / "run-a" / "model.safetensors"]
-    assert findModels([tmp_path], kind="sampler") == [tmp_path / "run-b" / "model.safetensors"]
+    assert model_kind(tmp_path / "run-a" / "model.safetensors") == "registration"
+    assert model_kind(tmp_path / "run-b" / "model.safetensors") == "sampler"
+    assert model_kind(tmp_path / "run-c" / "model.safetensors") is None
+    assert find_model_files([tmp_path], kind="registration") == [tmp_path / "run-a" / "model.safetensors"]
+    assert find_model_files([tmp_path], kind="sampler") == [tmp_path / "run-b" / "model.safetensors"]
 
 
 def test_result_box_shows_runtime_folding_inverse_consistency_and_tre():

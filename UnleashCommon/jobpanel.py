@@ -4,12 +4,14 @@ when the module is closed. Needs Slicer (the modules import it; tests only compi
 
 A panel subclasses JobPanelWidget, calls setupPanel(ui file, logic) in setup(), and may override
 onParameterNodeSet() (after the parameter node is bound to the GUI) and onEngineProbed() (after the
-engine was asked for its devices and defaults). The logic needs getParameterNode() and stopJob().
+engine was asked for its devices and defaults). The logic needs getParameterNode() and cancel() (JobLogic).
 """
 import slicer
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
+
+from unleash.jobspec import DEFAULT_DEVICE
 
 from . import slicerjobs
 
@@ -41,7 +43,7 @@ class JobPanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         # closing Slicer or reloading the module stops the job the polite way (a training job saves a checkpoint)
         if self.logic:
-            self.logic.stopJob()
+            self.logic.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -77,7 +79,7 @@ class JobPanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onDeviceChanged(self, index) -> None:
         if self._parameterNode and index >= 0:
-            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or DEFAULT_DEVICE
 
     def onRefreshDevices(self) -> None:
         """Ask the engine (in a job) for the GPUs and its defaults, then refill the device selector."""
@@ -87,7 +89,8 @@ class JobPanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.refreshDevicesButton.enabled = True
             if error:
                 self.ui.logTextEdit.appendPlainText(_("could not ask the engine: {error}").format(error=error))
-            slicerjobs.fillDeviceCombo(self.ui.deviceComboBox, self._parameterNode.device if self._parameterNode else "auto")
+            device = self._parameterNode.device if self._parameterNode else DEFAULT_DEVICE
+            slicerjobs.fillDeviceCombo(self.ui.deviceComboBox, device)
             self.onEngineProbed()
 
         slicerjobs.probeEngine(completedCallback=done)

@@ -3,7 +3,9 @@ files of the trained runs (only those of the panel's kind), and "Browse for a mo
 QComboBox through Slicer's PythonQt (properties such as `count` are attributes there)."""
 import os
 
-from .engine import defaultRunFolders, findModels
+from unleash.modelfile import find_model_files
+
+from .engine import defaultRunFolders
 
 BROWSE = "__browse__"  # the item data of the Browse entry; "" is the shipped default
 
@@ -13,7 +15,7 @@ def fillModelCombo(combo, kind: str, defaultLabel: str, browseLabel: str) -> Non
     shown as run/file), and the Browse entry."""
     combo.clear()
     combo.addItem(defaultLabel, "")
-    for path in findModels(defaultRunFolders(), kind=kind):
+    for path in find_model_files(defaultRunFolders(), kind=kind):
         combo.addItem(f"{path.parent.name}/{path.name}", str(path))
         combo.setItemData(combo.count - 1, str(path), 3)  # 3: Qt.ToolTipRole
     combo.addItem(browseLabel, BROWSE)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from unleash.jobspec import DEFAULT_DEVICE
+
 from . import pythonExecutable, slicerJobEnvironment
 from .engine import deviceChoices, probeCommand
 from .runner import JobRunner
@@ -24,13 +26,15 @@ def makeJob(command: list[str], *, cwd: str | None = None, **callbacks) -> JobRu
 
 
 def runJob(job: JobRunner, *, wait: bool = False, timeoutS: float | None = None) -> JobRunner:
-    """Start `job`; wait=True blocks (keeping the GUI painting) until it ends, else a QTimer polls it."""
+    """Start `job`; wait=True blocks (keeping the GUI painting) until it ends, else a QTimer polls it. Without
+    Slicer's application (slicer-core, scripts) there is no event loop: the caller polls (job.poll, job.wait)."""
     import slicer
 
+    app = getattr(slicer, "app", None)
     job.start()
     if wait:
-        job.wait(timeout=timeoutS, processEvents=slicer.app.processEvents)
-    else:
+        job.wait(timeout=timeoutS, processEvents=app.processEvents if app is not None else None)
+    elif app is not None:
         job.startPolling()
     return job
 
@@ -70,7 +74,7 @@ def probeEngine(completedCallback: Callable[[dict | None, str | None], None] | N
     return _probeJob
 
 
-def fillDeviceCombo(combo, selected: str = "auto") -> None:
+def fillDeviceCombo(combo, selected: str = DEFAULT_DEVICE) -> None:
     """auto, CPU and each GPU (name, memory, free memory) as known from the last probe; selects `selected`."""
     wasBlocked = combo.blockSignals(True)
     try:

@@ -32,9 +32,11 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from unleash.jobs import register_command
+from unleash.jobspec import DEFAULT_DEVICE
 from UnleashCommon import pythonExecutable, slicerjobs
 from UnleashCommon.dependencies import ensureDependencies
 from UnleashCommon.engine import checkModelFile, defaultRunFolders, lowMemoryWarning
+from UnleashCommon.joblogic import JobLogic
 from UnleashCommon.modelchoice import BROWSE, fillModelCombo, selectComboData
 from UnleashCommon.results import reportHtml
 from UnleashCommon.runner import describeProgress, formatSeconds
@@ -89,7 +91,7 @@ class UnleashRegistrationParameterNode:
     modelPath: str = ""
     refinementIterations: Annotated[int, WithinRange(-1, 5000)] = -1
     startFromNetwork: bool = False
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     keepFiles: bool = False
     showGrid: bool = True
     gridSpacingMm: Annotated[float, WithinRange(2.0, 100.0)] = 15.0
@@ -169,7 +171,7 @@ class UnleashRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self.logic and self.logic.isRunning():
+        if self.logic and self.logic.running:
             self.logic.cancel()  # its results would land in the next scene
         self.setParameterNode(None)
 
@@ -199,7 +201,7 @@ class UnleashRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if not self._parameterNode:
             return
         missing = self.logic.missingInputs(self._parameterNode.fixedVolume, self._parameterNode.movingVolume)
-        running = self.logic.isRunning()
+        running = self.logic.running
         self.ui.applyHintLabel.text = "" if running else (missing or "")
         self.ui.applyButton.toolTip = missing or _("Register the moving scan to the fixed one in a background job.")
         self.selectComboData(self.ui.deviceComboBox, self._parameterNode.device)
@@ -253,17 +255,17 @@ class UnleashRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.selectComboData(self.ui.modelComboBox, current, addLabel=current)
 
     def populateDevices(self) -> None:
-        slicerjobs.fillDeviceCombo(self.ui.deviceComboBox, self._parameterNode.device if self._parameterNode else "auto")
+        slicerjobs.fillDeviceCombo(self.ui.deviceComboBox, self._parameterNode.device if self._parameterNode else DEFAULT_DEVICE)
         self.updateDeviceWarning()
 
     def onDeviceChanged(self, index) -> None:
         if self._updatingCombos or not self._parameterNode or index < 0:
             return
-        self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
+        self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or DEFAULT_DEVICE
         self.updateDeviceWarning()
 
     def updateDeviceWarning(self) -> None:
-        device = self._parameterNode.device if self._parameterNode else "auto"
+        device = self._parameterNode.device if self._parameterNode else DEFAULT_DEVICE
         warning = lowMemoryWarning(device, self.logic.devices)
         self.ui.deviceWarningLabel.text = warning or ""
         self.ui.deviceWarningLabel.visible = bool(warning)
@@ -286,7 +288,7 @@ class UnleashRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     # -- Apply / Cancel ----------------------------------------------------------------------------------
 
     def onApplyButton(self) -> None:
-        if self.logic.isRunning():
+        if self.logic.running:
             self.logic.cancel()
             self.ui.progressLabel.text = _("Cancelling...")
             return
@@ -305,7 +307,7 @@ class UnleashRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 refinementIterations=None if p.refinementIterations < 0 else p.refinementIterations,
                 startFromNetwork=p.startFromNetwork, device=p.device, keepFiles=p.keepFiles,
                 gridSpacingMm=p.gridSpacingMm, showGrid=p.showGrid, showJacobian=p.showJacobian, parameterNode=p, wait=False,
-                logCallback=self.appendLog, progressCallback=self.onProgress, completedCallback=self.onCompleted)
+                logCallback=self.appendLog, onEvent=self.onEvent, onFinished=self.onFinished)
             if job is None:  # the user declined to install the dependencies
                 self.ui.resultLabel.text = _("Not run: the Python packages it needs are not installed.")
                 return
@@ -324,13 +326,15 @@ class UnleashRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     def appendLog(self, text: str) -> None:
         self.ui.logTextEdit.appendPlainText(text)
 
-    def onProgress(self, event: dict) -> None:
+    def onEvent(self, event: dict) -> None:
+        if event.get("event") != "progress":
+            return  # the log events reach the log through logCallback
         percent, text = describeProgress(event)
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.value = percent
         self.ui.progressLabel.text = text
 
-    def onCompleted(self, result, error) -> None:
+    def onFinished(self, result, error) -> None:
         self.setRunning(False)
         if self.logic.devices is None and self.logic.torchAvailable():
             self.onRefreshDevices()  # PyTorch may have been installed by this Apply
@@ -371,20 +375,22 @@ class UnleashRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 UnleashRegistrationResult = registration.RegistrationResult  # what one registration added to the scene
 
 
-class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
+class UnleashRegistrationLogic(ScriptedLoadableModuleLogic, JobLogic):
     """Usable without the GUI, e.g. from the Python console:
 
         logic = slicer.util.getModuleLogic("UnleashRegistration")
         result = logic.registerVolumes(fixedVolumeNode=fixed, movingVolumeNode=moving, refinementIterations=50)
         result.forwardTransform, result.report["tre_after_mm"]
 
-    wait=True (the default) returns an UnleashRegistrationResult or raises RuntimeError; wait=False returns
-    the running JobRunner at once and calls completedCallback(result, error) when it ends.
+    The job life cycle of JobLogic: wait=True (the default) returns an UnleashRegistrationResult or raises
+    RuntimeError; wait=False returns the running job at once and calls onFinished(result, error) when it ends.
     """
+
+    busyMessage = _("A registration is already running: cancel it first")
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.job = None
+        JobLogic.__init__(self)
         self._displayState = None
 
     def getParameterNode(self):
@@ -395,14 +401,6 @@ class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
         import importlib.util
 
         return importlib.util.find_spec("torch") is not None
-
-    def isRunning(self) -> bool:
-        return self.job is not None and self.job.running
-
-    def cancel(self) -> None:
-        """Stop the running job and everything it started."""
-        if self.job is not None:
-            self.job.cancel()
 
     @staticmethod
     def missingInputs(fixedVolumeNode, movingVolumeNode) -> str | None:
@@ -435,24 +433,24 @@ class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
     # -- the registration ------------------------------------------------------------------------------
 
     def registerVolumes(self, fixedVolumeNode, movingVolumeNode, fixedLandmarksNode=None, movingLandmarksNode=None,
-                        modelPath=None, refinementIterations=None, startFromNetwork=False, device="auto",
+                        modelPath=None, refinementIterations=None, startFromNetwork=False, device=DEFAULT_DEVICE,
                         keepFiles=False, gridSpacingMm=15.0, showGrid=True, showJacobian=True, installDependencies=True,
                         parameterNode=None, wait=True, timeoutS=None,
-                        logCallback=None, progressCallback=None, completedCallback=None):
+                        logCallback=None, onEvent=None, onFinished=None):
         """Register movingVolumeNode to fixedVolumeNode (scalar volumes, label maps or segmentations).
 
         fixedLandmarksNode/movingLandmarksNode: markups point lists of the same length, in corresponding order;
         the report then has the TRE before and after. modelPath None: the shipped model. refinementIterations
         None: the engine's default. startFromNetwork: refine the model's prediction instead of starting from the
-        engine's default. device: "auto", "cpu", "cuda:N". keepFiles: keep the job's folder.
+        engine's default. device: "auto", "cpu", "cuda:N". keepFiles: keep the job's folder. logCallback(text):
+        the job's log lines and this logic's own (also written to the job folder's job.log).
         """
         missing = self.missingInputs(fixedVolumeNode, movingVolumeNode)
         if missing:
             raise ValueError(missing)
         if (fixedLandmarksNode is None) != (movingLandmarksNode is None):
             raise ValueError(_("Select both landmark lists (fixed and moving), or neither"))
-        if self.isRunning():
-            raise RuntimeError(_("A registration is already running: cancel it first"))
+        self.checkIdle()
         inputs.checkInput(fixedVolumeNode, "fixed")
         inputs.checkInput(movingVolumeNode, "moving")
         if modelPath:
@@ -467,7 +465,7 @@ class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
             fixedPath, movingPath, landmarksPath = inputs.exportInputs(
                 sceneInSlicer(), workDir, fixedVolumeNode, movingVolumeNode, fixedLandmarksNode, movingLandmarksNode, log)
             command = register_command(fixedPath, movingPath, os.path.join(workDir, "output"), model=modelPath or None,
-                                       device=device or "auto", adapt_iters=refinementIterations, landmarks=landmarksPath,
+                                       device=device, adapt_iters=refinementIterations, landmarks=landmarksPath,
                                        start="network" if startFromNetwork else None,
                                        python=pythonExecutable())
         except Exception:
@@ -476,62 +474,45 @@ class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
             raise
         log("command: " + " ".join(command))
 
-        context = {"result": None, "error": None}
-
-        def onEvent(event):
+        def logEvent(event):
             kind = event.get("event")
             if kind == "log":
                 log(str(event.get("message", "")))
-            elif kind == "progress" and progressCallback:
-                progressCallback(event)
             elif kind == "error":
                 log("error: " + str(event.get("message", "")))
+            if onEvent:
+                onEvent(event)
 
         def onLine(stream, line):
             if stream == "stderr" or line.strip():
                 log(line)
 
-        def onFinished(job):
-            try:
-                if job.error:
-                    context["error"] = job.error
-                    log(f"finished: {job.error}")
-                    return
-                if not job.result:
-                    context["error"] = _("the engine finished without a result")
-                    return
-                result = self._loadResults(job.result, os.path.join(workDir, "output"), fixedVolumeNode, movingVolumeNode,
-                                           gridSpacingMm, showGrid, showJacobian)
-                result.elapsedS = job.elapsedS
-                result.workDir = workDir if keepFiles else None
-                if parameterNode is not None:
-                    parameterNode.forwardTransform = result.forwardTransform
-                    parameterNode.inverseTransform = result.inverseTransform
-                    parameterNode.warpedVolume = result.warpedVolume
-                    parameterNode.jacobianVolume = result.jacobianVolume
-                    parameterNode.lastReport = json.dumps(result.report)
-                context["result"] = result
-                log(f"done in {job.elapsedS:.1f} s")
-            except Exception as exc:  # loading failed: report it like a failed job
-                logging.exception("Unleash: loading the results failed")
-                context["error"] = _("loading the results failed: {error}").format(error=exc)
-            finally:
-                if keepFiles:
-                    log(f"files kept in {workDir}")
-                else:
-                    shutil.rmtree(workDir, ignore_errors=True)
-                if completedCallback:
-                    completedCallback(context["result"], context["error"])
+        def load(job):
+            result = self._loadResults(job.result, os.path.join(workDir, "output"), fixedVolumeNode, movingVolumeNode,
+                                       gridSpacingMm, showGrid, showJacobian)
+            result.elapsedS = job.elapsedS
+            result.workDir = workDir if keepFiles else None
+            if parameterNode is not None:
+                parameterNode.forwardTransform = result.forwardTransform
+                parameterNode.inverseTransform = result.inverseTransform
+                parameterNode.warpedVolume = result.warpedVolume
+                parameterNode.jacobianVolume = result.jacobianVolume
+                parameterNode.lastReport = json.dumps(result.report)
+            log(f"done in {job.elapsedS:.1f} s")
+            return result
 
-        # self.job is set before the job runs, so that isRunning() and cancel() work while wait=True blocks.
-        self.job = slicerjobs.makeJob(command, cwd=workDir, onEvent=onEvent, onLine=onLine, onFinished=onFinished,
-                                      terminateGraceS=2.0)
-        slicerjobs.runJob(self.job, wait=wait, timeoutS=timeoutS)
-        if not wait:
-            return self.job
-        if context["error"]:
-            raise RuntimeError(context["error"])
-        return context["result"]
+        def finished(result, error):
+            if error:
+                log(f"finished: {error}")
+            if keepFiles:
+                log(f"files kept in {workDir}")
+            else:
+                shutil.rmtree(workDir, ignore_errors=True)
+            if onFinished:
+                onFinished(result, error)
+
+        return self.runJob(command, load=load, wait=wait, timeoutS=timeoutS, cwd=workDir, onEvent=logEvent, onLine=onLine,
+                           onFinished=finished)
 
     @staticmethod
     def _makeLog(workDir, logCallback):
@@ -575,7 +556,7 @@ class UnleashRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def updateDisplay(self, parameterNode) -> None:
         """Live display settings from the parameter node (grid spacing, grid on/off, overlay)."""
-        if parameterNode.forwardTransform is None or self.isRunning():
+        if parameterNode.forwardTransform is None or self.running:
             return
         self.applyDisplay(self.resultFromParameterNode(parameterNode), parameterNode.gridSpacingMm,
                           parameterNode.showGrid, parameterNode.showJacobian)
@@ -650,7 +631,7 @@ class UnleashRegistrationTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Registering (a few refinement iterations)")
         logic = UnleashRegistrationLogic()
         result = logic.registerVolumes(fixedVolumeNode=fixed, movingVolumeNode=moving, refinementIterations=20,
-                                       device="auto", wait=True, timeoutS=3600)
+                                       device=DEFAULT_DEVICE, wait=True, timeoutS=3600)
         self.assertIsNotNone(result)
         self.assertTrue(result.forwardTransform.IsA("vtkMRMLTransformNode"))
         self.assertTrue(result.inverseTransform.IsA("vtkMRMLTransformNode"))

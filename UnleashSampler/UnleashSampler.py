@@ -17,10 +17,11 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
 
 from unleash.jobs import sample_command
-from unleash.jobspec import DEFAULT_SCHEDULE, DEFAULT_TEMPERATURE, SCHEDULES
-from UnleashCommon import pythonExecutable, slicerjobs
+from unleash.jobspec import DEFAULT_DEVICE, DEFAULT_SCHEDULE, DEFAULT_TEMPERATURE, SCHEDULES
+from UnleashCommon import pythonExecutable
 from UnleashCommon.dependencies import ensureDependencies
 from UnleashCommon.engine import checkModelFile, copyTrainingPairs, defaultRunFolders
+from UnleashCommon.joblogic import JobLogic
 from UnleashCommon.jobpanel import JobPanelWidget
 from UnleashCommon.modelchoice import BROWSE, fillModelCombo, selectComboData
 from UnleashCommon.runner import describeProgress
@@ -64,7 +65,7 @@ class UnleashSamplerParameterNode:
     steps: Annotated[int, WithinRange(1, 5000)] = SCHEDULES[DEFAULT_SCHEDULE]
     temperature: Annotated[float, WithinRange(0.05, 2.0)] = DEFAULT_TEMPERATURE
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     outputFolder: pathlib.Path = pathlib.Path.home() / "unleash-samples"
     loadIntoScene: bool = True
     modelPath: str = ""  # "": the shipped sampler (the combo box is filled from disk, so it is not bound by connectGui)
@@ -143,17 +144,18 @@ class UnleashSamplerWidget(JobPanelWidget):
             elif event.get("event") in ("log", "error"):
                 self.ui.logTextEdit.appendPlainText(str(event.get("message")))
 
-        def onFinished(job, nodes):
+        def onFinished(result, error):
             self.ui.progressBar.visible = False
             self.ui.applyButton.text = _("Generate")
-            if job.result:
-                self.ui.progressLabel.text = _("{count} pairs in {folder}").format(count=job.result["count"],
-                                                                                   folder=job.result["output"])
-                self.lastOutput = job.result["output"]
+            if result:
+                report, _nodes = result
+                self.ui.progressLabel.text = _("{count} pairs in {folder}").format(count=report["count"],
+                                                                                   folder=report["output"])
+                self.lastOutput = report["output"]
                 self.ui.saveTrainingFolderButton.enabled = True
-            elif job.error and job.error != "cancelled":
-                self.ui.progressLabel.text = _("Failed: {error}").format(error=job.error)
-                slicer.util.errorDisplay(job.error, windowTitle=_("Unleash Sampler"))
+            elif error != "cancelled":
+                self.ui.progressLabel.text = _("Failed: {error}").format(error=error)
+                slicer.util.errorDisplay(error, windowTitle=_("Unleash Sampler"))
             else:
                 self.ui.progressLabel.text = _("Cancelled; nothing was written")
 
@@ -170,64 +172,45 @@ class UnleashSamplerWidget(JobPanelWidget):
 #
 
 
-class UnleashSamplerLogic(ScriptedLoadableModuleLogic):
-    """Console API: samplePairs (keyword arguments, wait flag), like UnleashRegistrationLogic.registerVolumes."""
+class UnleashSamplerLogic(ScriptedLoadableModuleLogic, JobLogic):
+    """Console API: samplePairs (keyword arguments, wait flag), the job life cycle of JobLogic. A cancelled job
+    leaves nothing half-done (the engine's output folder appears whole or not at all)."""
+
+    busyMessage = _("Sampling is already running: cancel it first")
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.job = None
+        JobLogic.__init__(self)
 
     def getParameterNode(self):
         return UnleashSamplerParameterNode(super().getParameterNode())
-
-    @property
-    def running(self) -> bool:
-        return self.job is not None and self.job.running
-
-    def cancel(self) -> None:
-        """Stop the job; the engine writes nothing half-done (its output folder appears whole or not at all)."""
-        if self.running:
-            self.job.cancel()
-
-    stopJob = cancel
 
     @staticmethod
     def newOutputPath(outputFolder) -> str:
         return str(pathlib.Path(outputFolder) / f"samples-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
     def samplePairs(self, numberOfPairs=4, schedule=DEFAULT_SCHEDULE, steps=None, temperature=DEFAULT_TEMPERATURE, seed=0,
-                    device="auto",
+                    device=DEFAULT_DEVICE,
                     modelPath=None, outputFolder=None, loadIntoScene=True, wait=True, onEvent=None, onFinished=None):
         """Sample `numberOfPairs` pairs into a new folder under `outputFolder`; with loadIntoScene, the first
-        PAIRS_LOADED pairs become segmentation nodes. wait=True: returns (the job's result, the loaded nodes);
-        else the job, and onFinished(job, nodes) is called at the end."""
+        PAIRS_LOADED pairs become segmentation nodes. The result: (the job's result event, the loaded nodes).
+        wait=True returns it; else the job, and onFinished(result, error) is called at the end."""
         if numberOfPairs < 1 or (steps is not None and steps < 1) or temperature <= 0:
             raise ValueError(_("numberOfPairs and steps must be at least 1, temperature above 0"))
         if modelPath:
             checkModelFile(modelPath, "sampler")
-        if self.running:
-            raise RuntimeError(_("Sampling is already running: cancel it first"))
+        self.checkIdle()
         outputFolder = outputFolder or str(pathlib.Path.home() / "unleash-samples")
         # (a schedule the engine does not have is refused here, by the job's option list)
         command = sample_command(self.newOutputPath(outputFolder), numberOfPairs, model=modelPath or None,
-                                 schedule=schedule, steps=steps, temperature=temperature, seed=seed, device=device or "auto",
+                                 schedule=schedule, steps=steps, temperature=temperature, seed=seed, device=device,
                                  overwrite=False, python=pythonExecutable())
         os.makedirs(outputFolder, exist_ok=True)
-        loaded = []
 
-        def finished(job):
-            if job.result and loadIntoScene:
-                loaded.extend(self.loadPairs(job.result))
-            if onFinished:
-                onFinished(job, loaded)
+        def load(job):
+            return job.result, self.loadPairs(job.result) if loadIntoScene else []
 
-        self.job = slicerjobs.makeJob(command, onEvent=onEvent, onFinished=finished, terminateGraceS=2.0)
-        slicerjobs.runJob(self.job, wait=wait)
-        if not wait:
-            return self.job
-        if self.job.error:
-            raise RuntimeError(self.job.error)
-        return self.job.result, loaded
+        return self.runJob(command, load=load, wait=wait, onEvent=onEvent, onFinished=onFinished)
 
     @staticmethod
     def loadPairs(result: dict) -> list:

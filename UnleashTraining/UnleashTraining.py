@@ -20,10 +20,12 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
 
 from unleash.jobs import train_command
-from unleash.jobspec import TRAIN_KINDS, TRAINING_DEFAULTS
-from UnleashCommon import pythonExecutable, slicerjobs
+from unleash.jobspec import DEFAULT_DEVICE, TRAIN_KINDS, TRAINING_DEFAULTS
+from unleash.train.rundir import list_runs, read_metrics, run_summary
+from UnleashCommon import pythonExecutable
 from UnleashCommon.dependencies import ensureDependencies
-from UnleashCommon.engine import defaultRunFolders, describeRun, listRuns, readMetrics, runSummary
+from UnleashCommon.engine import defaultRunFolders, describeRun
+from UnleashCommon.joblogic import JobLogic
 from UnleashCommon.jobpanel import JobPanelWidget
 from UnleashCommon.runner import describeProgress
 from UnleashCommon.scene import charts
@@ -67,7 +69,7 @@ class UnleashTrainingParameterNode:
     iterations: Annotated[int, WithinRange(1, 1000000)] = TRAINING_DEFAULTS[TRAIN_KINDS[0]]["iterations"]
     batchSize: Annotated[int, WithinRange(1, 256)] = TRAINING_DEFAULTS[TRAIN_KINDS[0]]["batch_size"]
     learningRate: Annotated[float, WithinRange(1e-6, 1.0)] = TRAINING_DEFAULTS[TRAIN_KINDS[0]]["learning_rate"]
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     runFolder: pathlib.Path = defaultRunFolders()[0]
 
 
@@ -167,8 +169,8 @@ class UnleashTrainingWidget(JobPanelWidget):
         self.ui.runsListWidget.clear()
         if folder is None and self._parameterNode:
             folder = self._parameterNode.runFolder
-        for run, _hasModel in listRuns(folder):
-            item = qt.QListWidgetItem(describeRun(runSummary(run)))
+        for run, _hasModel in list_runs(folder):
+            item = qt.QListWidgetItem(describeRun(run_summary(run)))
             item.setData(qt.Qt.UserRole, str(run))
             item.setToolTip(str(run))
             self.ui.runsListWidget.addItem(item)
@@ -206,15 +208,15 @@ class UnleashTrainingWidget(JobPanelWidget):
                 self.ui.progressLabel.text = _("Stopped at step {step} of {total}; Resume continues the run.").format(
                     step=event["step"], total=event["total"])
 
-    def onFinished(self, job) -> None:
+    def onFinished(self, result, error) -> None:
         self.updateButtons()
         self.updateRuns()
-        if job.result:
-            self.ui.progressLabel.text = _("Done: {path}").format(path=job.result.get("model"))
-            self.ui.logTextEdit.appendPlainText(f"model file: {job.result.get('model')}")
-        elif job.error and job.error != "cancelled":
-            self.ui.progressLabel.text = _("Failed: {error}").format(error=job.error)
-            slicer.util.errorDisplay(job.error, windowTitle=_("Unleash Training"))
+        if result:
+            self.ui.progressLabel.text = _("Done: {path}").format(path=result.get("model"))
+            self.ui.logTextEdit.appendPlainText(f"model file: {result.get('model')}")
+        elif error != "cancelled":
+            self.ui.progressLabel.text = _("Failed: {error}").format(error=error)
+            slicer.util.errorDisplay(error, windowTitle=_("Unleash Training"))
 
     def startJob(self, start) -> None:
         """Run start() (a logic call that launches a job), with the dependencies checked first."""
@@ -254,7 +256,7 @@ class UnleashTrainingWidget(JobPanelWidget):
 
     def onStopButton(self) -> None:
         self.ui.progressLabel.text = _("Stopping: the job saves a checkpoint after its current step...")
-        self.logic.stopTraining()
+        self.logic.cancel()
 
 
 #
@@ -262,22 +264,22 @@ class UnleashTrainingWidget(JobPanelWidget):
 #
 
 
-class UnleashTrainingLogic(ScriptedLoadableModuleLogic):
-    """Console API: startTraining / resumeTraining (keyword arguments, wait flag) and stopTraining."""
+class UnleashTrainingLogic(ScriptedLoadableModuleLogic, JobLogic):
+    """Console API: startTraining / resumeTraining (keyword arguments, wait flag), the job life cycle of
+    JobLogic; cancel() stops the job: it saves a resumable checkpoint, reports `stopped` and exits."""
+
+    busyMessage = _("A training job is running; stop it first")
+    terminateGraceS = STOP_GRACE_S
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.job = None
+        JobLogic.__init__(self)
         self.steps: list = []
         self.losses: list = []
         self.tableNode = None
 
     def getParameterNode(self):
         return UnleashTrainingParameterNode(super().getParameterNode())
-
-    @property
-    def running(self) -> bool:
-        return self.job is not None and self.job.running
 
     @staticmethod
     def parseDataFolders(text: str) -> list:
@@ -314,13 +316,13 @@ class UnleashTrainingLogic(ScriptedLoadableModuleLogic):
         return str(event.get("message", event))
 
     def startTraining(self, dataFolders, modelKind="registration", iterations=None, batchSize=None, learningRate=None,
-                      device="auto", runFolder=None, validationFolders=(), configFile=None, vqaeFile=None, initFile=None,
+                      device=DEFAULT_DEVICE, runFolder=None, validationFolders=(), configFile=None, vqaeFile=None, initFile=None,
                       seed=None, wait=False, onEvent=None, onFinished=None):
-        """Train a `modelKind` model on dataFolders ([(folder, weight)]) into a new run folder under runFolder;
-        returns the job (with wait=True, once it ended; its `result` names the model file). initFile: a model
-        file of the same kind to start from (fine-tuning) instead of a new network."""
-        if self.running:
-            raise RuntimeError(_("A training job is running; stop it first"))
+        """Train a `modelKind` model on dataFolders ([(folder, weight)]) into a new run folder under runFolder.
+        The result is the job's `result` event (its `model` names the model file): wait=True returns it, else
+        the job, and onFinished(result, error) is called at the end. initFile: a model file of the same kind to
+        start from (fine-tuning) instead of a new network."""
+        self.checkIdle()
         if not dataFolders:
             raise ValueError(_("Add at least one folder of training data"))
         runFolder = runFolder or str(defaultRunFolders()[0])
@@ -332,23 +334,15 @@ class UnleashTrainingLogic(ScriptedLoadableModuleLogic):
         os.makedirs(runFolder, exist_ok=True)
         return self._run(command, wait, onEvent, onFinished)
 
-    def resumeTraining(self, runPath, iterations=None, device="auto", wait=False, onEvent=None, onFinished=None):
+    def resumeTraining(self, runPath, iterations=None, device=DEFAULT_DEVICE, wait=False, onEvent=None, onFinished=None):
         """Continue the run in runPath from its last checkpoint (optionally to a higher total of iterations)."""
-        if self.running:
-            raise RuntimeError(_("A training job is running; stop it first"))
-        kind = runSummary(runPath)["kind"]
+        self.checkIdle()
+        kind = run_summary(runPath)["kind"]
         if kind not in TRAIN_KINDS:
             raise ValueError(_("{path} is not a training run folder").format(path=runPath))
         command = train_command(kind, resume=runPath, iterations=iterations, device=device, python=pythonExecutable())
         self.plotRun(runPath)
         return self._run(command, wait, onEvent, onFinished, keepPlot=True)
-
-    def stopTraining(self) -> None:
-        """Ask the running job to stop: it saves a resumable checkpoint, reports `stopped` and exits."""
-        if self.running:
-            self.job.cancel()
-
-    stopJob = stopTraining
 
     def _run(self, command, wait, onEvent, onFinished, keepPlot=False):
         if not keepPlot:
@@ -363,15 +357,13 @@ class UnleashTrainingLogic(ScriptedLoadableModuleLogic):
             if onEvent:
                 onEvent(e)
 
-        self.job = slicerjobs.makeJob(command, onEvent=event, onFinished=onFinished, terminateGraceS=STOP_GRACE_S)
-        slicerjobs.runJob(self.job, wait=wait)
-        return self.job
+        return self.runJob(command, wait=wait, onEvent=event, onFinished=onFinished)
 
     # -- the loss plot -----------------------------------------------------------------------------------
 
     def plotRun(self, runPath) -> None:
         """Show the loss log of a run (RUN/metrics.csv)."""
-        metrics = readMetrics(runPath)
+        metrics = read_metrics(runPath)
         self.steps, self.losses = list(metrics.get("step", [])), list(metrics.get("loss", []))
         self.updatePlot()
 
@@ -416,8 +408,7 @@ class UnleashTrainingTest(ScriptedLoadableModuleTest):
         with open(config, "w") as handle:
             json.dump({"model": {"shape_xyz": [81, 57, 81], "spacing_mm": 4.0, "lattice_mm": 4.0, "channels": [4, 8]}}, handle)
         logic = UnleashTrainingLogic()
-        job = logic.startTraining([[os.path.join(data, "lung250m4b_vessels", "train"), 1.0]], iterations=4,
-                                  runFolder=runFolder, configFile=config, wait=True)
-        self.assertIsNotNone(job.result, job.error)
-        self.assertTrue(os.path.isfile(job.result["model"]))
+        result = logic.startTraining([[os.path.join(data, "lung250m4b_vessels", "train"), 1.0]], iterations=4,
+                                     runFolder=runFolder, configFile=config, wait=True)
+        self.assertTrue(os.path.isfile(result["model"]))
         self.assertEqual(logic.tableNode.GetNumberOfRows(), 4)

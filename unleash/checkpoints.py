@@ -15,13 +15,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import UserError
+from .modelfile import FORMAT, FORMAT_VERSION, model_metadata
 from .models.denoiser import Denoiser, DenoiserConfig
 from .models.registration import RegistrationConfig, TwoStepRegistration
 from .models.sampler import Sampler, SamplerConfig
 from .models.vqae import VQAEConfig, VQAutoEncoder
 
-FORMAT = "unleash-model"
-FORMAT_VERSION = "1"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULTS = {"registration": WEIGHTS_DIR / "registration_default.safetensors",
             "sampler": WEIGHTS_DIR / "sampler_default.safetensors"}
@@ -67,12 +66,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{path}: not a readable unleash model file ({exc})") from None
-    if metadata.get("format") != FORMAT:
-        raise UserError(f"{path}: not an unleash model file (no '{FORMAT}' header)")
-    try:
-        return {"config": json.loads(metadata["config"]), "card": json.loads(metadata.get("card", "{}"))}
-    except (KeyError, json.JSONDecodeError):
-        raise UserError(f"{path}: the model file's config is damaged") from None
+    return model_metadata(metadata, path)
 
 
 def load_model(path: str | os.PathLike | None, kind: str, device: torch.device | str = "cpu"):

@@ -33,6 +33,7 @@ TRAINING_DEFAULTS = {
     "denoiser": {"iterations": 20000, "batch_size": 8, "learning_rate": 2e-4, "warmup": 500,
                  "validate_every": 500, "checkpoint_every": 250},
 }
+DEFAULT_DEVICE = "auto"  # a GPU if there is one, else the CPU
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 PROGRESS_MODES = ("bar", "json", "none")
 
@@ -98,7 +99,7 @@ class Job:
         return next(o for o in self.options if o.dest == dest)
 
 
-DEVICE = Option("--device", "device", default="auto", help=f"{DEVICE_HELP} (default: %(default)s)")
+DEVICE = Option("--device", "device", default=DEFAULT_DEVICE, help=f"{DEVICE_HELP} (default: %(default)s)")
 SEED = Option("--seed", "seed", "int", default=0, help="random seed (default: 0)")
 PROGRESS = Option("--progress", "progress", default="bar", choices=PROGRESS_MODES,
                   help="bar: progress on stderr; json: one JSON event per line on stdout (default: bar)")

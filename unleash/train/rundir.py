@@ -6,6 +6,8 @@
     RUNDIR/best.safetensors            model file of the best validation so far
     RUNDIR/model.safetensors           the final model file (what --model takes)
     RUNDIR/previews/step_NNNNNN.png
+
+Standard library only: the Slicer modules list and plot runs with the readers at the end.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from pathlib import Path
 from ..errors import UserError
 
 CONFIG = "config.json"
+METRICS = "metrics.csv"
+FINAL_MODEL = "model.safetensors"
 
 
 def check_new_run_dir(path: str | os.PathLike) -> Path:
@@ -79,7 +83,7 @@ class RunFolder:
         self.path = Path(path)
         self.last_state = self.path / "checkpoints" / "last.safetensors"
         self.best_model = self.path / "best.safetensors"
-        self.final_model = self.path / "model.safetensors"
+        self.final_model = self.path / FINAL_MODEL
         self.metrics: Metrics | None = None
 
     @staticmethod
@@ -95,7 +99,51 @@ class RunFolder:
         return RunFolder(path)
 
     def open_metrics(self, columns: list[str], resumed_step: int | None) -> None:
-        self.metrics = Metrics(self.path / "metrics.csv", columns, resumed_step)
+        self.metrics = Metrics(self.path / METRICS, columns, resumed_step)
 
     def preview_path(self, step: int) -> Path:
         return self.path / "previews" / f"step_{step:06d}.png"
+
+
+def read_metrics(run: str | os.PathLike) -> dict[str, list[float]]:
+    """The columns of RUN/metrics.csv as floats (NaN where a row has no value, e.g. validation); {} if none."""
+    path = Path(run) / METRICS
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    columns: dict[str, list[float]] = {name: [] for name in rows[0]} if rows else {}
+    for row in rows:
+        for name, values in columns.items():
+            try:
+                values.append(float(row.get(name) or "nan"))
+            except ValueError:
+                values.append(float("nan"))
+    return columns
+
+
+def run_summary(run: str | os.PathLike) -> dict:
+    """What a runs list shows: kind, steps done of the total (None: not a run folder), a final model file."""
+    run = Path(run)
+    summary = {"name": run.name, "kind": None, "step": 0, "total": None, "finished": (run / FINAL_MODEL).is_file()}
+    try:
+        config = read_run_config(run)
+    except UserError:
+        return summary
+    if not isinstance(config, dict):
+        return summary
+    summary["kind"] = config.get("kind")
+    summary["total"] = config.get("training", {}).get("iterations")
+    steps = read_metrics(run).get("step")
+    if steps:
+        summary["step"] = int(steps[-1])
+    return summary
+
+
+def list_runs(folder: str | os.PathLike | None) -> list[tuple[Path, bool]]:
+    """The runs in a folder of runs: (run folder, whether it holds a model file), newest first."""
+    if not folder or not Path(folder).is_dir():
+        return []
+    runs = [p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    runs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return [(run, any(run.glob("*.safetensors"))) for run in runs]
