@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .errors import UserError
+from .jobspec import DEVICE_HELP
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -26,11 +27,11 @@ def resolve_device(name: str = "auto") -> torch.device:
         try:
             device = torch.device(name)
         except RuntimeError:
-            raise UserError(f"'{name}' is not a device name (use auto, cpu, cuda, cuda:N or mps)") from None
+            raise UserError(f"'{name}' is not a device name (use {DEVICE_HELP})") from None
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"device '{name}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
         return device
-    raise UserError(f"'{name}' is not a device name (use auto, cpu, cuda, cuda:N or mps)")
+    raise UserError(f"'{name}' is not a device name (use {DEVICE_HELP})")
 
 
 def list_devices() -> list[dict]:

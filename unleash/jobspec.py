@@ -53,7 +53,8 @@ class EngineDefault:
 @dataclass(frozen=True)
 class Option:
     """One option of a job. `flag` "--adapt-iters" (or a positional's name); `kind` str, int, float, flag
-    (present or not) or list (the option repeated, one value each)."""
+    (present or not) or list (the option repeated, one value each); `help` names the default as %(default)s
+    (argparse fills it in, so the text always shows the default in force)."""
 
     flag: str
     dest: str

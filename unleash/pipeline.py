@@ -14,7 +14,7 @@ from .devices import describe, resolve_device
 from .errors import UserError
 from .geometry import read_volume
 from .jobs import Progress, atomic_output_dir, check_output_dir
-from .jobspec import REFINEMENTS, STARTS
+from .jobspec import DEFAULT_DEVICE, REFINEMENTS, STARTS
 from .optimise import RefineConfig
 from .outputs import (
     FILES,
@@ -39,7 +39,7 @@ def default_start(refinement: str, adapt_iters: int) -> str:
 @dataclass
 class RegisterOptions:
     model: str | None = None
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     inputs: str = "auto"
     refinement: str = "io"
     start: str | None = None  # None: default_start(refinement, adapt_iters)

@@ -36,7 +36,7 @@ from .devices import describe, resolve_device
 from .errors import UserError
 from .geometry import Grid, Volume, network_grid, write_image
 from .jobs import Progress, atomic_output_dir, check_output_dir
-from .jobspec import DEFAULT_SAMPLE_BATCH, DEFAULT_SCHEDULE, DEFAULT_TEMPERATURE, SCHEDULES
+from .jobspec import DEFAULT_DEVICE, DEFAULT_SAMPLE_BATCH, DEFAULT_SCHEDULE, DEFAULT_TEMPERATURE, SCHEDULES
 from .models.denoiser import Denoiser
 from .models.sampler import Sampler
 from .models.vqae import VQAutoEncoder
@@ -161,7 +161,7 @@ class SampleOptions:
     temperature: float = DEFAULT_TEMPERATURE
     batch_size: int = DEFAULT_SAMPLE_BATCH  # pairs per denoiser batch; decoding is one pair at a time
     seed: int = 0
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     probabilities: bool = False
 
     def check(self, count: int) -> None:

@@ -15,7 +15,7 @@ from ..checkpoints import load_model, read_metadata, save_model
 from ..devices import describe
 from ..errors import UserError
 from ..jobs import Progress
-from ..jobspec import TRAINING_DEFAULTS
+from ..jobspec import DEFAULT_DEVICE, TRAINING_DEFAULTS
 from ..models.denoiser import DenoiserConfig
 from ..models.registration import RegistrationConfig
 from ..models.sampler import Sampler, SamplerConfig
@@ -45,7 +45,7 @@ class TrainOptions:
     batch_size: int | None = None
     learning_rate: float | None = None
     seed: int | None = None
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     vqae: str | None = None  # denoiser only: the VQ-AE whose tokens it learns; the result is then a sampler
     tokens: str | None = None  # vqae only: train a decoder for these given tokens (task.token_file)
     init: str | None = None  # a model file of this kind to start from (fine-tuning): its weights and model config
