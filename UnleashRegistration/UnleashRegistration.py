@@ -32,7 +32,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from unleash.jobs import register_command
-from unleash.jobspec import DEFAULT_DEVICE
+from unleash.jobspec import DEFAULT_DEVICE, REGISTRATION_FILES
 from UnleashCommon import pythonExecutable, slicerjobs
 from UnleashCommon.dependencies import ensureDependencies
 from UnleashCommon.engine import checkModelFile, defaultRunFolders, lowMemoryWarning
@@ -541,9 +541,7 @@ class UnleashRegistrationLogic(ScriptedLoadableModuleLogic, JobLogic):
     @staticmethod
     def _defaultFiles(outputDir) -> dict:
         """Only when an engine's result event has no file list: the names the engine writes."""
-        from unleash.outputs import FILES  # imports torch: avoided unless needed
-
-        return {key: os.path.join(outputDir, name) for key, name in FILES.items()}
+        return {key: os.path.join(outputDir, name) for key, name in REGISTRATION_FILES.items()}
 
     # -- display ---------------------------------------------------------------------------------------
 

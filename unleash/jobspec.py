@@ -33,6 +33,10 @@ TRAINING_DEFAULTS = {
     "denoiser": {"iterations": 20000, "batch_size": 8, "learning_rate": 2e-4, "warmup": 500,
                  "validate_every": 500, "checkpoint_every": 250},
 }
+# What `unleash register` writes into OUTDIR, by role (the Slicer module loads them by these keys).
+REGISTRATION_FILES = {"displacement": "displacement.nii.gz", "inverse_displacement": "inverse_displacement.nii.gz",
+                      "warped_moving": "warped_moving.nii.gz", "jacobian_determinant": "jacobian_determinant.nii.gz",
+                      "report": "report.json"}
 DEFAULT_DEVICE = "auto"  # a GPU if there is one, else the CPU
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 PROGRESS_MODES = ("bar", "json", "none")
@@ -124,8 +128,8 @@ REGISTER_OPTIONS = (
 
 JOBS = {job.name: job for job in (
     Job("register", "register a moving scan to a fixed scan",
-        "Register MOVING to FIXED (vessel label maps or lung CTs) and write displacement.nii.gz, "
-        "inverse_displacement.nii.gz, warped_moving.nii.gz, jacobian_determinant.nii.gz and report.json into OUTDIR.",
+        "Register MOVING to FIXED (vessel label maps or lung CTs) and write " +
+        ", ".join(list(REGISTRATION_FILES.values())[:-1]) + f" and {list(REGISTRATION_FILES.values())[-1]} into OUTDIR.",
         (Option("fixed", "fixed"), Option("moving", "moving"), OUTPUT,
          Option("--landmarks", "landmarks", help="CSV of corresponding voxel indices (fixed_i,...,moving_k) for TRE"),
          OVERWRITE) + REGISTER_OPTIONS),

@@ -20,12 +20,9 @@ import torch
 from . import fields, workgrid
 from .datasets import read_landmarks
 from .geometry import Volume, write_image
+from .jobspec import REGISTRATION_FILES as FILES
 from .register import PreparedPair, Registration
 from .transforms import displacement_at, displacement_image, jacobian_determinant, warp_volume
-
-FILES = {"displacement": "displacement.nii.gz", "inverse_displacement": "inverse_displacement.nii.gz",
-         "warped_moving": "warped_moving.nii.gz", "jacobian_determinant": "jacobian_determinant.nii.gz",
-         "report": "report.json"}
 
 
 @dataclass

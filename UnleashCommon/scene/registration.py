@@ -16,9 +16,11 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from unleash.jobspec import REGISTRATION_FILES
+
 from .nodes import removedOnFailure, removeNode, uniqueName
 
-ROLES = ("displacement", "inverse_displacement", "warped_moving", "jacobian_determinant")  # the engine's file keys
+ROLES = tuple(role for role in REGISTRATION_FILES if role != "report")  # the files a result loads
 REPORT_ATTRIBUTE = "Unleash.report"
 INVERSE_ROLE, WARPED_ROLE, JACOBIAN_ROLE = "unleashInverse", "unleashRegistered", "unleashJacobian"
 
