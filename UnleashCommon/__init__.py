@@ -2,8 +2,9 @@
 
 Everything here except the few functions that say so runs without Slicer (plain Python), so that
 Testing/test_slicer_extension.py checks it with pytest. The engine itself (the `unleash` package)
-is only ever run in a separate process; from it the modules import `unleash.jobs` (command lines
-and event parsing), which needs nothing beyond the standard library.
+is only ever run in a separate process; from it the modules import only its modules that need nothing
+beyond the standard library: `unleash.jobspec` (every job's options, kinds and defaults), `unleash.jobs`
+(command lines and event parsing), `unleash.modelfile` and `unleash.train.rundir` (model files and runs).
 """
 from __future__ import annotations
 
