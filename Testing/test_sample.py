@@ -143,7 +143,43 @@ def test_decoded_volumes_are_label_maps_on_a_1mm_grid_centred_at_0(sampler):
         assert labels.shape == tuple(reversed(TINY_VQAE.volume_shape_ijk)) and labels.dtype == np.uint8
         assert set(np.unique(labels)) <= {0, 1}
         assert probability.min() >= 0 and probability.max() <= 1
-        assert np.array_equal(labels, (probability > 0.5).astype(np.uint8))
+        assert np.array_equal(labels, (probability > volumes[f"{name}_threshold"]).astype(np.uint8))
+
+
+def graded_map(shares_and_values, shape=(40, 50, 60), seed=0) -> torch.Tensor:
+    """A probability map with the given shares of its voxels at the given probabilities (the rest 0), shuffled."""
+    flat = torch.zeros(math.prod(shape))
+    start = 0
+    for share, value in shares_and_values:
+        flat[start:start + round(share * flat.numel())] = value
+        start += round(share * flat.numel())
+    return flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(seed))].view(shape)
+
+
+def test_a_scan_within_the_real_vessel_range_is_thresholded_at_one_half():
+    probability = graded_map([(0.02, 0.9), (0.05, 0.3)])
+    assert unleash.sample.vessel_threshold(probability) == 0.5
+
+
+def test_a_nearly_empty_drawing_is_widened_along_its_probabilities_to_the_real_minimum():
+    low, high = unleash.sample.REAL_VESSEL_FRACTION
+    probability = graded_map([(0.005, 0.9), (0.004, 0.4), (0.004, 0.3), (0.004, 0.2), (0.1, 0.01)])
+    threshold = unleash.sample.vessel_threshold(probability)
+    vessels = probability > threshold
+    assert low <= float(vessels.float().mean()) < 0.0135  # 0.9 % above 0.4, then the 0.3s: 1.3 %
+    assert vessels[probability > 0.5].all() and not vessels[probability <= 0.2].any()
+
+
+def test_a_flooded_drawing_is_narrowed_to_the_real_maximum():
+    low, high = unleash.sample.REAL_VESSEL_FRACTION
+    probability = graded_map([(0.03, 0.99), (0.01, 0.8), (0.01, 0.7), (0.03, 0.6)])
+    threshold = unleash.sample.vessel_threshold(probability)
+    assert 0.5 < threshold and float((probability > threshold).float().mean()) == pytest.approx(0.04, abs=1e-3)
+
+
+def test_an_empty_drawing_stays_empty_rather_than_every_voxel_turning_vessel():
+    probability = torch.zeros(30, 30, 30)
+    assert not (probability > unleash.sample.vessel_threshold(probability)).any()
 
 
 # ---- `unleash sample` ----

@@ -9,7 +9,7 @@ decoder loses from what the denoiser's sampled tokens lack (benchmarks/sampler.p
 theirs are in ../shared), the control of the end-to-end test in the sampler's model card: real tokens
 through this decoder, next to sampled ones.
 
-The decoded maps are the ones `unleash sample` writes (1 mm, thresholded at probability 0.5); the real
+The decoded maps are the ones `unleash sample` writes (1 mm, thresholded by sample.vessel_threshold); the real
 pairs are placed in the same 256 x 208 x 256 mm box. The paper cut case 035 to its first 280 slices
 before encoding it, so its tokens describe less than its full scan; it is listed but left out of the
 totals. Nine of the pairs trained the decoder, case 041 did not.

@@ -105,6 +105,32 @@ def sample_tokens(denoiser: Denoiser, count: int, schedule: str = DEFAULT_SCHEDU
 
 
 OUTPUT_SPACING_MM = 1.0  # pairs are written at 1 mm, whatever the decoder's resolution
+THRESHOLD = 0.5  # a voxel is vessel where the decoder's vessel probability is above this...
+# ...unless that gives a vessel share of the box outside the range of the ten real training pairs
+# (min and max of the pairs' mean, benchmarks/sampler.py): then the threshold that gives the nearest end
+REAL_VESSEL_FRACTION = (0.0125, 0.0439)
+THRESHOLD_BINS = 1024  # resolution of the matched threshold: a histogram, not a sort of 13.6 M voxels
+
+
+def vessel_threshold(probability: torch.Tensor, fraction_range: tuple[float, float] = REAL_VESSEL_FRACTION) -> float:
+    """The threshold of one scan's vessel probabilities (any shape): THRESHOLD if the share of voxels
+    above it lies in `fraction_range`, else the histogram edge whose share above is nearest inside the
+    range. A drawing with too few sure voxels keeps its shape and is widened along its own probability
+    ranks (too many: narrowed), instead of a nearly empty or flooded scan being written."""
+    low, high = fraction_range
+    share = float((probability > THRESHOLD).float().mean())
+    if low <= share <= high:
+        return THRESHOLD
+    counts = torch.histc(probability.float(), bins=THRESHOLD_BINS, min=0.0, max=1.0)
+    at_or_above = counts.double().flip(0).cumsum(0).flip(0) / probability.numel()  # [b]: share >= b / bins
+    edges = torch.arange(1, THRESHOLD_BINS)  # never edge 0: that would make every voxel vessel
+    if share < low:
+        candidates = edges[at_or_above[1:] >= low]
+        edge = int(candidates.max()) if len(candidates) else 1
+    else:
+        candidates = edges[at_or_above[1:] <= high]
+        edge = int(candidates.min()) if len(candidates) else THRESHOLD_BINS - 1
+    return edge / THRESHOLD_BINS
 
 
 def upsampling(vqae: VQAutoEncoder) -> int:
@@ -121,10 +147,11 @@ def sample_grid(vqae: VQAutoEncoder) -> Grid:
 
 
 @torch.no_grad()
-def decode_pair(vqae: VQAutoEncoder, tokens: torch.Tensor, grid: Grid) -> dict[str, Volume]:
-    """One token sequence (L,) -> {"fixed", "moving"} uint8 label maps and {"fixed_probability",
-    "moving_probability"} float32 vessel probabilities, all on `grid`. One pair at a time: the
-    decoder's full-resolution activations are the largest tensors of the whole chain."""
+def decode_pair(vqae: VQAutoEncoder, tokens: torch.Tensor, grid: Grid) -> dict[str, Volume | float]:
+    """One token sequence (L,) -> {"fixed", "moving"} uint8 label maps (probability above
+    `vessel_threshold`) and {"fixed_probability", "moving_probability"} float32 vessel probabilities,
+    all on `grid`, and {"fixed_threshold", "moving_threshold"}. One pair at a time: the decoder's
+    full-resolution activations are the largest tensors of the whole chain."""
     device = tokens.device
     grid_tokens = tokens.view(1, *vqae.config.token_shape_ijk)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -136,7 +163,8 @@ def decode_pair(vqae: VQAutoEncoder, tokens: torch.Tensor, grid: Grid) -> dict[s
             probability = F.interpolate(probability[None, None], scale_factor=upsampling(vqae), mode="trilinear",
                                         align_corners=False)[0, 0]
         probability = probability.permute(2, 1, 0)  # (i, j, k) -> [k, j, i]
-        volumes[name] = Volume((probability > 0.5).to(torch.uint8).cpu().numpy(), grid)
+        volumes[f"{name}_threshold"] = threshold = vessel_threshold(probability)
+        volumes[name] = Volume((probability > threshold).to(torch.uint8).cpu().numpy(), grid)
         volumes[f"{name}_probability"] = Volume(probability.cpu().numpy(), grid)
     return volumes
 
@@ -251,7 +279,8 @@ def sample_files(count: int, output_dir, options: SampleOptions, progress: Progr
             name = f"pair_{index + 1:04d}"
             files = _write_pair(staging, name, volumes, options.probabilities)
             pairs.append({"name": name, "files": files,
-                          "vessel_fraction": {k: round(float(volumes[k].array.mean()), 5) for k in ("fixed", "moving")}})
+                          "vessel_fraction": {k: round(float(volumes[k].array.mean()), 5) for k in ("fixed", "moving")},
+                          "threshold": {k: round(volumes[f"{k}_threshold"], 4) for k in ("fixed", "moving")}})
             if len(projections) < PREVIEW_PAIRS:
                 projections.append(pair_projections(volumes["fixed"], volumes["moving"]))
             progress.progress("decoding", index + 1, count)
