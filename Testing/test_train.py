@@ -22,14 +22,14 @@ import SimpleITK as sitk
 import torch
 from conftest import DATA, REPO, VESSELS
 
-from unleash.checkpoints import load_model, write_safetensors
+from unleash.checkpoints import DEFAULTS, load_model, write_safetensors
 from unleash.cli import main
 from unleash.datasets import find_pairs
 from unleash.jobs import Progress
 from unleash.models.vqae import VQAEConfig
 from unleash.train.data import Source
 from unleash.train.state import TrainingState, load_state, save_state
-from unleash.train.vqae import VQAETask, VQAETrainer, pair_on_token_grid
+from unleash.train.vqae import VQAETask, VQAETrainer, cldice_loss, pair_on_token_grid, soft_skeleton
 
 TINY_REGISTRATION = {"model": {"shape_xyz": [81, 57, 81], "spacing_mm": 4.0, "lattice_mm": 4.0, "channels": [4, 8],
                                "squaring_steps": 4},
@@ -325,3 +325,42 @@ def test_a_run_started_from_a_model_file_begins_with_its_weights_and_config(toke
     assert "--init fixes the model" in bad(["denoiser", "--data", str(tokens), "--init", str(first), "--config", str(config),
                                             "--out", str(tmp_path / "both")], capsys)
     assert "drop --init" in bad(["denoiser", "--resume", str(tmp_path / "tuned"), "--init", str(first)], capsys)
+
+
+def tube_map(radius_vox: float, shape=(1, 40, 24, 24)) -> torch.Tensor:
+    """A binary straight tube (N, I, J, K) along I, centred in J and K."""
+    j, k = torch.meshgrid(torch.arange(shape[2]), torch.arange(shape[3]), indexing="ij")
+    section = ((j - shape[2] // 2) ** 2 + (k - shape[3] // 2) ** 2 <= radius_vox ** 2).float()
+    tube = section.expand(shape).clone()
+    tube[:, :4] = tube[:, -4:] = 0
+    return tube
+
+
+def test_the_soft_skeleton_of_a_tube_lies_on_its_axis():
+    tube = tube_map(4)
+    skeleton = soft_skeleton(tube)
+    assert (skeleton[0, 8:32, 12, 12] == 1).all()  # the axis, all along the tube
+    assert skeleton[0, 8:32].sum() < 0.25 * tube[0, 8:32].sum()  # and a thin line: a few voxels per section
+
+
+def test_cldice_charges_a_thickened_or_broken_drawing_of_a_tube():
+    target = tube_map(2)
+    broken = target.clone()
+    broken[:, 18:22] = 0
+    exact = cldice_loss(target, target).item()
+    assert exact < 0.02
+    assert cldice_loss(tube_map(5), target).item() > exact + 0.1
+    assert cldice_loss(broken, target).item() > exact + 0.02
+
+
+def test_a_shipped_decoder_is_fine_tuned_with_the_cldice_term(train_pairs, tokens, tmp_path, capsys):
+    if not DEFAULTS["sampler"].is_file():
+        pytest.skip("the shipped sampler model file is missing from this installation")
+    settings = {"training": {"warmup": 1, "validate_every": 0, "checkpoint_every": 2},
+                "task": {"patch_shape_ijk": [32, 32, 32], "cldice_weight": 0.5}}
+    assert main(["train", "vqae", "--init", str(DEFAULTS["sampler"]), "--data", str(train_pairs), "--tokens", str(tokens),
+                 "--out", str(tmp_path / "run"), "--config", str(write_config(tmp_path, settings)), "--iterations", "2",
+                 "--progress", "none"]) == 0, capsys.readouterr().err
+    assert all(0 < value < 0.5 for value in losses(tmp_path / "run", "cldice_loss").values())
+    _, config, _ = load_model(tmp_path / "run" / "model.safetensors", "vqae")
+    assert config.spacing_mm == load_model(None, "sampler")[1].vqae.spacing_mm and not config.encoder

@@ -102,10 +102,11 @@ def parse_config(config: dict):
 
 
 def _initial(path: str, kind: str):
-    """(network, model config) of the model file a run starts from; a file of another kind is refused."""
-    if kind == "denoiser" and read_metadata(path)["config"].get("kind") == "sampler":
-        sampler = load_model(path, "sampler")[0]
-        return sampler.denoiser, sampler.denoiser.config
+    """(network, model config) of the model file a run starts from; a file of another kind is refused,
+    but a sampler file gives its denoiser or its VQ-autoencoder."""
+    if kind in ("denoiser", "vqae") and read_metadata(path)["config"].get("kind") == "sampler":
+        part = getattr(load_model(path, "sampler")[0], kind)
+        return part, part.config
     network, model_config, _ = load_model(path, kind)
     return network, model_config
 

@@ -2,6 +2,9 @@
 paper's placement, encode.token_volume_grid), random patches of it are reconstructed through the
 codebook. Loss: cross-entropy + soft Dice of the two 2-class outputs (vessels fill about 2 % of a
 volume, so cross-entropy alone learns to draw background), plus the VQ codebook/commitment loss.
+Optional: a clDice term (Shit et al., CVPR 2021) that rewards thin connected tubes: the soft
+skeleton of each map must lie inside the other map, so a drawing that thickens or breaks vessels
+pays even where its voxel overlap is good.
 Validation: the reconstruction Dice of whole held-out pairs through encode -> tokens -> decode.
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ class VQAETask:
     # decoder for given tokens learns from few pairs (the paper's tokens: ten) and memorises their token
     # neighbourhoods; sampled grids and other patients' grids hold neighbourhoods it never saw.
     token_noise: float = 0.0
+    cldice_weight: float = 0.0  # weight of 1 - clDice (soft skeletons of SKELETON_ITERATIONS erosions)
 
 
 def pair_on_token_grid(files, config: VQAEConfig) -> torch.Tensor:
@@ -43,9 +47,39 @@ def pair_on_token_grid(files, config: VQAEConfig) -> torch.Tensor:
     return torch.stack([occupancy_ijk(fixed, grid, files.fixed)[0], occupancy_ijk(moving, grid, files.moving)[0]]).to(torch.uint8)
 
 
-def reconstruction_loss(logits: torch.Tensor, pair: torch.Tensor, dice_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cross-entropy, 1 - soft Dice) of logits (N, 4, I, J, K) against the pair (N, 2, I, J, K)."""
-    cross_entropy, dice = logits.new_zeros(()), logits.new_zeros(())
+# erosions of the soft skeleton: its radius reach in voxels (vessels of the 2 mm decoder: 1-3 voxels)
+SKELETON_ITERATIONS = 4
+
+
+def soft_skeleton(occupancy: torch.Tensor, iterations: int = SKELETON_ITERATIONS) -> torch.Tensor:
+    """Differentiable skeleton of a soft map (N, I, J, K) in [0, 1]: what each erosion removes
+    beyond its opening (min-pool erosion, max-pool dilation, 3 x 3 x 3)."""
+    def erode(x):
+        return -F.max_pool3d(-x, 3, 1, 1)
+
+    x = occupancy[:, None]
+    skeleton = F.relu(x - F.max_pool3d(erode(x), 3, 1, 1))
+    for _ in range(iterations):
+        x = erode(x)
+        removed = F.relu(x - F.max_pool3d(erode(x), 3, 1, 1))
+        skeleton = skeleton + F.relu(removed - skeleton * removed)
+    return skeleton[:, 0]
+
+
+def cldice_loss(vessel: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - clDice of a soft vessel map and a binary target, both (N, I, J, K): the harmonic mean of
+    the share of the target's skeleton inside the drawing and the drawing's skeleton inside the target."""
+    dims = tuple(range(1, vessel.ndim))
+    drawn_skeleton, target_skeleton = soft_skeleton(vessel), soft_skeleton(target)
+    precision = ((drawn_skeleton * target).sum(dims) + 1) / (drawn_skeleton.sum(dims) + 1)
+    sensitivity = ((target_skeleton * vessel).sum(dims) + 1) / (target_skeleton.sum(dims) + 1)
+    return (1 - 2 * precision * sensitivity / (precision + sensitivity)).mean()
+
+
+def reconstruction_loss(logits: torch.Tensor, pair: torch.Tensor, dice_weight: float,
+                        cldice_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cross-entropy, 1 - soft Dice, 1 - clDice), weighted, of logits (N, 4, I, J, K) against the pair (N, 2, I, J, K)."""
+    cross_entropy, dice, cldice = logits.new_zeros(()), logits.new_zeros(()), logits.new_zeros(())
     for channel in range(2):
         scan_logits = logits[:, 2 * channel: 2 * channel + 2].float()
         target = pair[:, channel]
@@ -54,12 +88,14 @@ def reconstruction_loss(logits: torch.Tensor, pair: torch.Tensor, dice_weight: f
         dims = tuple(range(1, vessel.ndim))
         overlap = 2 * (vessel * target).sum(dims) + 1
         dice = dice + (1 - overlap / (vessel.sum(dims) + target.sum(dims) + 1)).mean() / 2
-    return cross_entropy, dice_weight * dice
+        if cldice_weight:
+            cldice = cldice + cldice_loss(vessel, target.float()) / 2
+    return cross_entropy, dice_weight * dice, cldice_weight * cldice
 
 
 class VQAETrainer:
     kind = "vqae"
-    loss_parts = ["cross_entropy", "dice_loss", "vq"]
+    loss_parts = ["cross_entropy", "dice_loss", "cldice_loss", "vq"]
     validation_columns = ["dice", "dice_fixed", "dice_moving", "codes_used"]
     higher_is_better = True
 
@@ -123,9 +159,11 @@ class VQAETrainer:
 
     def loss(self, network, batch: dict):
         logits, vq_loss = network(tokens=batch["tokens"]) if "tokens" in batch else network(batch["pair"])
-        cross_entropy, dice_loss = reconstruction_loss(logits, batch["pair"], self.settings.dice_weight)
+        cross_entropy, dice_loss, cldice_loss = reconstruction_loss(logits, batch["pair"], self.settings.dice_weight,
+                                                                    self.settings.cldice_weight)
         vq = self.settings.vq_weight * vq_loss
-        return cross_entropy + dice_loss + vq, {"cross_entropy": cross_entropy, "dice_loss": dice_loss, "vq": vq}
+        return cross_entropy + dice_loss + cldice_loss + vq, {"cross_entropy": cross_entropy, "dice_loss": dice_loss,
+                                                              "cldice_loss": cldice_loss, "vq": vq}
 
     def _reconstruct(self, network: VQAutoEncoder, item: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens (1, i, j, k), reconstructed pair (2, I, J, K) in {0, 1}) of a whole pair (2, I, J, K):
