@@ -114,7 +114,7 @@ def figure(path: Path, views: dict[str, list]) -> None:
     from matplotlib.figure import Figure
 
     rows = [(label, *view) for label, group in views.items() for view in group]
-    figure = Figure(figsize=(9, 2.9 * len(rows)), dpi=80, layout="constrained")
+    figure = Figure(figsize=(7.5, 2.4 * len(rows)), dpi=64, layout="constrained")
     axes = figure.subplots(len(rows), 3, squeeze=False)
     for ax_row, (label, name, fixed, (fixed_p, moving_p)) in zip(axes, rows):
         middle = int(np.median(np.nonzero(fixed.any(axis=(1, 2)))[0]))
