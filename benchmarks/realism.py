@@ -39,6 +39,7 @@ from unleash.geometry import Volume, read_volume, resample  # noqa: E402
 from unleash.models.vqae import VQAEConfig  # noqa: E402
 from unleash.preview_pairs import pair_projections  # noqa: E402
 from unleash.register import prepare_pair, register_prepared  # noqa: E402
+from unleash.sample import REAL_VESSEL_FRACTION  # noqa: E402
 from unleash.vessels import lung_mask_from_vessels  # noqa: E402
 
 MOTION = {"displacement_median_mm": ("|u| median in the lungs, mm", "{:.2f}"),
@@ -62,6 +63,17 @@ def sampled_pairs(folder: Path, limit: int | None):
     report = json.loads((folder / "samples.json").read_text())
     for pair in report["pairs"][:limit]:
         yield pair["name"], *(read_volume(folder / pair["files"][role]) for role in ("fixed", "moving"))
+
+
+def vessel_share_check(folder: Path) -> str:
+    """Every scan of a folder (not only the --limit ones), from its samples.json: the vessel share's
+    range and how many scans fall outside the real training pairs' range."""
+    shares = [100 * share for pair in json.loads((folder / "samples.json").read_text())["pairs"]
+              for share in pair["vessel_fraction"].values()]
+    low, high = (100 * f for f in REAL_VESSEL_FRACTION)
+    outside = sum(not low <= share <= high for share in shares)
+    return (f"{len(shares)} scans: vessel {min(shares):.2f}-{max(shares):.2f} % of the box, "
+            f"{outside} outside the real {low:.2f}-{high:.2f} %")
 
 
 def motion(fixed: Volume, moving: Volume, config) -> dict[str, float]:
@@ -152,9 +164,13 @@ def main() -> None:
         views[label] = []
         groups[label] = pair_rows(pairs, config, views[label])
     print_table(groups)
+    checks = {label: vessel_share_check(Path(folder)) for label, folder in sampled}
+    for label, check in checks.items():
+        print(f"{label}, all {check}")
     if args.json:
         Path(args.json).write_text(json.dumps({"command": " ".join(["python", "benchmarks/realism.py", *sys.argv[1:]]),
-                                               "sampled": dict(map(tuple, sampled)), "pairs": groups}, indent=1) + "\n")
+                                               "sampled": dict(map(tuple, sampled)), "vessel_share_check": checks,
+                                               "pairs": groups}, indent=1) + "\n")
     if args.figure:
         figure(Path(args.figure), views)
 
