@@ -63,8 +63,8 @@ def test_refining_the_networks_prediction_recovers_a_known_deformation_too(examp
     vessels = fixed.array > 0
     before = true_tre_mm(np.zeros_like(true_u), true_u, vessels)["mean"]
     assert true_tre_mm(estimated, true_u, vessels)["mean"] < 0.55 * before
-    assert report["refinement"]["start"] == "network"
-    assert registered[1]["refinement"]["start"] == "identity" and registered[1]["seconds"]["network"] < 1e-3
+    assert report["refinement"]["start"] == "network" and "network" in report["seconds"]
+    assert registered[1]["refinement"]["start"] == "identity" and "network" not in registered[1]["seconds"]
 
 
 def test_written_forward_and_inverse_fields_compose_to_the_identity(example_files, registered):
@@ -84,4 +84,4 @@ def test_report_has_the_documented_keys(registered):
     _, report = registered
     for key in ("seconds", "device", "model", "folding_fraction", "log_jacobian_std_lungs", "inverse_consistency_error_mm"):
         assert key in report
-    assert set(report["seconds"]) >= {"read", "prepare", "network", "refinement", "write", "total"}
+    assert set(report["seconds"]) >= {"read", "prepare", "refinement", "write", "total"}

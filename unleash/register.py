@@ -69,14 +69,14 @@ def register_prepared(pair: PreparedPair, network: TwoStepRegistration | None, r
     a = pair.fixed_occupancy.to(device)
     b = pair.moving_occupancy.to(device)
     seconds = {}
-    start = time.perf_counter()
-    if network is not None:
+    if network is not None:  # timed only when it runs: a report without "network" says it did not
+        start = time.perf_counter()
         with torch.no_grad(), _autocast(device):
             forward, inverse = network_fields(network.to(device), a, b)
         forward, inverse = forward.float(), inverse.float()
+        seconds["network"] = time.perf_counter() - start
     else:
         forward = inverse = torch.zeros(1, 3, *a.shape[2:], device=device)
-    seconds["network"] = time.perf_counter() - start
     if refine_config is not None and refine_config.total_iterations > 0:
         start = time.perf_counter()
         forward, inverse = _refined(pair, forward, inverse, refine_config, device, on_progress)
