@@ -9,8 +9,6 @@ saved and loaded again. Slicer's messages (VTK's output window) are captured: lo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,16 +19,11 @@ import vtk  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
 from unleash.datasets import read_landmarks  # noqa: E402
-from unleash.jobs import Progress  # noqa: E402
-from unleash.pipeline import RegisterOptions, register_files  # noqa: E402
 from UnleashCommon.engine import checkModelFile  # noqa: E402
 from UnleashCommon.scene import charts, display, inputs, registration, samples  # noqa: E402
 from UnleashCommon.scene.context import headlessScene  # noqa: E402
 from UnleashCommon.scene.landmarks import ijkToMarkups, markupsToIjk  # noqa: E402
 from UnleashCommon.scene.nodes import nodeIds, uniqueName  # noqa: E402
-
-CASE = "case_002"
-STRIDE = 2  # every second voxel of the val pair: the same anatomy at 2 mm, for speed
 
 
 class Messages:
@@ -50,41 +43,6 @@ class Messages:
     @property
     def text(self) -> str:
         return self.window.GetOutput().strip()
-
-
-@pytest.fixture(scope="session")
-def val_pair(val_folder, tmp_path_factory) -> dict:
-    """The val pair at every second voxel, its landmarks in those voxels' indices, and the engine's result."""
-    folder = tmp_path_factory.mktemp("val_pair")
-    paths = {}
-    for role, number in (("fixed", 1), ("moving", 2)):
-        image = sitk.ReadImage(str(val_folder / f"{CASE}_{number}.nii.gz"))
-        paths[role] = folder / f"{role}.nii.gz"
-        sitk.WriteImage(image[::STRIDE, ::STRIDE, ::STRIDE], str(paths[role]))
-    fixedIjk, movingIjk = read_landmarks(val_folder.parent / "val_landmarks" / f"{CASE}.csv")
-    landmarks = folder / "landmarks.csv"
-    np.savetxt(landmarks, np.hstack([fixedIjk, movingIjk]) / STRIDE, delimiter=",", fmt="%.4f",
-               header="fixed_i,fixed_j,fixed_k,moving_i,moving_j,moving_k", comments="")
-    return {"fixed": paths["fixed"], "moving": paths["moving"], "landmarks": landmarks, "folder": folder}
-
-
-@pytest.fixture(scope="session")
-def engine_result(val_pair, tiny_model) -> dict:
-    """`unleash register` of the val pair (tiny model, a few refinement iterations): its report with files."""
-    return register_files(val_pair["fixed"], val_pair["moving"], val_pair["folder"] / "result",
-                          RegisterOptions(model=str(tiny_model), adapt_iters=10, landmarks=str(val_pair["landmarks"])),
-                          Progress("none"))
-
-
-@pytest.fixture(scope="session")
-def sampled(tmp_path_factory) -> dict:
-    """Two pairs from the shipped sampler, as the module runs it (a job, JSON events): the `result` event."""
-    out = tmp_path_factory.mktemp("samples") / "pairs"
-    run = subprocess.run([sys.executable, "-m", "unleash", "sample", "-n", "2", "--steps", "4", "-o", str(out),
-                          "--progress", "json"], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    return next(e for e in events if e.get("event") == "result")
 
 
 @pytest.fixture
@@ -246,19 +204,24 @@ def test_the_grid_and_the_overlay_are_set_on_the_result(loaded):
     assert grid.GetVisualizationMode() == slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GRID
     assert grid.GetGridSpacingMm() == 12.0 and grid.GetVisibility() and grid.GetVisibility2D() and not grid.GetVisibility3D()
     assert grid.GetRegionNode() == fixed
-    # the fixed input is a label map: the background is left alone, the Jacobian goes on top
-    assert composite.GetForegroundVolumeID() == result.jacobianVolume.GetID() and composite.GetBackgroundVolumeID() is None
-    jacobianDisplay = result.jacobianVolume.GetDisplayNode()
-    assert jacobianDisplay.GetColorNode().GetName() == display.JACOBIAN_COLOR_NAME
-    assert (jacobianDisplay.GetWindowLevelMin(), jacobianDisplay.GetWindowLevelMax()) == display.JACOBIAN_RANGE
+    # the fixed input is a label map: the background is left alone; the overlay is in the label layer
+    overlay = display.jacobianOverlay(result.jacobianVolume)
+    assert overlay.IsA("vtkMRMLLabelMapVolumeNode") and overlay.GetName() == "moving to fixed Jacobian overlay"
+    assert composite.GetLabelVolumeID() == overlay.GetID() and composite.GetBackgroundVolumeID() is None
+    assert composite.GetForegroundVolumeID() is None and composite.GetLabelOpacity() == 1.0
+    assert overlay.GetDisplayNode().GetColorNode().GetName() == display.JACOBIAN_COLOR_NAME
+    labels, jacobian = array(overlay), array(result.jacobianVolume)
+    assert np.array_equal(labels, display.jacobianLabels(jacobian))
+    assert np.allclose([display.jacobianOfLabel(v) for v in labels.flat[::997]], np.clip(jacobian.flat[::997], 0, 2), atol=0.0051)
 
     display.showRegistration(result, gridVisible=False, jacobianVisible=False)
     assert not grid.GetVisibility()
-    assert composite.GetForegroundVolumeID() == loaded["moving"].GetID()
+    assert composite.GetForegroundVolumeID() == loaded["moving"].GetID() and composite.GetLabelVolumeID() is None
     assert composite.GetForegroundOpacity() == display.MOVING_OPACITY
     composite.SetForegroundVolumeID(None)
     display.showRegistration(result, setLayers=False)
     assert grid.GetVisibility() and composite.GetForegroundVolumeID() is None
+    assert display.jacobianOverlay(result.jacobianVolume) is overlay  # made once
     display.showRegistration(registration.RegistrationResult())  # nothing to show: nothing happens
 
 
@@ -267,9 +230,8 @@ def test_the_overlay_colours_leave_no_change_clear_show_ten_percent_and_mark_fol
     assert display.jacobianColorNode(logics.scene) is table  # made once a scene
 
     def rgba(j):
-        low, high = display.JACOBIAN_RANGE
         color = [0.0] * 4
-        table.GetColor(round((j - low) / (high - low) * (display.JACOBIAN_STEPS - 1)), color)
+        table.GetColor(int(display.jacobianLabels(np.array([j]))[0]), color)
         return color
 
     assert rgba(1.0)[3] == 0.0 and rgba(0.97)[3] == 0.0 and rgba(1.03)[3] == 0.0
@@ -278,7 +240,12 @@ def test_the_overlay_colours_leave_no_change_clear_show_ten_percent_and_mark_fol
     for j in (1.1, 1.2):
         assert rgba(j)[3] >= 0.4 and rgba(j)[0] > rgba(j)[2]  # expansion: red
     assert rgba(0.8)[3] > rgba(0.9)[3]
-    assert np.allclose(rgba(0.0), display.FOLDING_RGBA, atol=1 / 255)
+    for j in (0.0, -0.5):
+        assert np.allclose(rgba(j), display.FOLDING_RGBA, atol=1 / 255)
+    assert rgba(5.0) == rgba(2.0) and rgba(float("nan"))[3] == 0.0
+    outside = [0.0] * 4
+    table.GetColor(0, outside)
+    assert outside[3] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,20 +1,23 @@
 """How a registration result is shown: the deformation grid over the slices and the Jacobian overlay.
 
-The Jacobian overlay is a colour table with a transparent middle: |J - 1| < JACOBIAN_CLEAR (no visible volume
-change) shows the CT unchanged, compression (J < 1) turns blue and expansion (J > 1) red, both already
-clearly visible at 10 % and opaque enough at 20 % to read, and folding (J <= 0) is opaque yellow. The table
-is made here (Slicer's colour files are not part of Slicer's libraries) and reused by name.
+The overlay is a label map made from the Jacobian determinant J (one label a 0.01 step of J), shown in the
+slice views' label layer with a colour table that has a transparent middle: |J - 1| < JACOBIAN_CLEAR (no
+visible volume change) leaves the scan as it is, compression (J < 1) is blue and expansion (J > 1) red, both
+clearly visible at 10 % and stronger from 20 % on, and folding (J <= 0) is opaque yellow. (A scalar volume
+cannot do this: Slicer drops its colour table's alpha and blends the whole foreground with one opacity.)
+The colour table is made here, once a scene: Slicer's colour files are not part of Slicer's libraries.
 """
 from __future__ import annotations
 
 JACOBIAN_COLOR_NAME = "Unleash Jacobian"
-JACOBIAN_RANGE = (0.0, 2.0)  # the table's window: J = 1 in the middle
-JACOBIAN_STEPS = 201  # one entry per 0.01 of J
+JACOBIAN_STEP = 0.01  # label L >= 1 stands for J = (L - 1) * JACOBIAN_STEP; label 0 is outside the overlay
+JACOBIAN_LABELS = 202  # 0, then J = 0.00 ... 2.00 (J above 2 takes the last label)
 JACOBIAN_CLEAR = 0.05  # |J - 1| below this: transparent
 FOLDING_RGBA = (1.0, 0.9, 0.0, 1.0)
 COMPRESSION_RGB, EXPANSION_RGB = (0.1, 0.35, 1.0), (1.0, 0.15, 0.1)
-ALPHA_AT_10_PERCENT, ALPHA_MAX = 0.45, 0.85
+ALPHA_AT_10_PERCENT, ALPHA_MAX = 0.45, 0.8
 MOVING_OPACITY = 0.5
+OVERLAY_ROLE = "unleashOverlay"  # reference from the Jacobian volume to its overlay label map
 
 
 def jacobianRgba(j: float) -> tuple[float, float, float, float]:
@@ -29,6 +32,18 @@ def jacobianRgba(j: float) -> tuple[float, float, float, float]:
     return (*(COMPRESSION_RGB if j < 1.0 else EXPANSION_RGB), alpha)
 
 
+def jacobianOfLabel(label: int) -> float:
+    return (label - 1) * JACOBIAN_STEP
+
+
+def jacobianLabels(jacobian):
+    """J (a numpy array) -> the overlay's labels (uint8, same shape): J <= 0 (folding) is label 1."""
+    import numpy as np
+
+    steps = np.rint(np.clip(np.nan_to_num(jacobian, nan=1.0), 0.0, None) / JACOBIAN_STEP)
+    return (1 + np.minimum(steps, JACOBIAN_LABELS - 2)).astype(np.uint8)
+
+
 def jacobianColorNode(scene):
     """The overlay's colour table node (made once a scene)."""
     import slicer
@@ -39,23 +54,38 @@ def jacobianColorNode(scene):
     node = slicer.vtkMRMLColorTableNode()
     node.SetName(JACOBIAN_COLOR_NAME)
     node.SetTypeToUser()
-    node.SetNumberOfColors(JACOBIAN_STEPS)
-    low, high = JACOBIAN_RANGE
-    for index in range(JACOBIAN_STEPS):
-        j = low + (high - low) * index / (JACOBIAN_STEPS - 1)
-        node.SetColor(index, f"J={j:.2f}", *jacobianRgba(j))
+    node.SetNumberOfColors(JACOBIAN_LABELS)
+    node.SetColor(0, "outside", 0.0, 0.0, 0.0, 0.0)
+    for label in range(1, JACOBIAN_LABELS):
+        node.SetColor(label, f"J={jacobianOfLabel(label):.2f}", *jacobianRgba(jacobianOfLabel(label)))
     scene.AddNode(node)
     return node
 
 
-def showJacobian(volumeNode) -> None:
-    """Colour the Jacobian volume with the overlay table over JACOBIAN_RANGE."""
-    volumeNode.CreateDefaultDisplayNodes()
-    display = volumeNode.GetDisplayNode()
-    display.SetAndObserveColorNodeID(jacobianColorNode(volumeNode.GetScene()).GetID())
-    display.AutoWindowLevelOff()
-    display.SetWindowLevelMinMax(*JACOBIAN_RANGE)
-    display.SetInterpolate(False)  # the colour of a voxel's own J, not a blend of blue and red across J = 1
+def jacobianOverlay(jacobianVolume):
+    """The overlay label map of a Jacobian volume: made on first use, then found through its reference."""
+    import vtk
+    from vtk.util import numpy_support
+
+    overlay = jacobianVolume.GetNodeReference(OVERLAY_ROLE)
+    if overlay is not None:
+        return overlay
+    scene = jacobianVolume.GetScene()
+    source = jacobianVolume.GetImageData()
+    labels = vtk.vtkImageData()
+    labels.SetDimensions(source.GetDimensions())
+    values = jacobianLabels(numpy_support.vtk_to_numpy(source.GetPointData().GetScalars()))
+    labels.GetPointData().SetScalars(numpy_support.numpy_to_vtk(values, deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
+    overlay = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{jacobianVolume.GetName()} overlay")
+    matrix = vtk.vtkMatrix4x4()
+    jacobianVolume.GetIJKToRASMatrix(matrix)
+    overlay.SetIJKToRASMatrix(matrix)
+    overlay.SetAndObserveImageData(labels)
+    overlay.SetAndObserveTransformNodeID(jacobianVolume.GetTransformNodeID())
+    overlay.CreateDefaultDisplayNodes()
+    overlay.GetDisplayNode().SetAndObserveColorNodeID(jacobianColorNode(scene).GetID())
+    jacobianVolume.SetNodeReferenceID(OVERLAY_ROLE, overlay.GetID())
+    return overlay
 
 
 def showGrid(forwardTransform, regionNode, spacingMm: float = 15.0, visible: bool = True) -> None:
@@ -73,17 +103,19 @@ def showGrid(forwardTransform, regionNode, spacingMm: float = 15.0, visible: boo
     display.SetVisibility(bool(visible))
 
 
-def setSliceLayers(scene, background=None, foreground=None, foregroundOpacity: float | None = None) -> None:
-    """Background and foreground volumes (None: left as they are) of every slice view of the scene."""
+def setSliceLayers(scene, background=None, foreground=None, foregroundOpacity=None, label=None, labelOpacity=None) -> None:
+    """The layers of every slice view of the scene: a node sets its layer, "none" empties it, None leaves it."""
     composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
     for index in range(composites.GetNumberOfItems()):
         composite = composites.GetItemAsObject(index)
-        if background is not None:
-            composite.SetBackgroundVolumeID(background.GetID())
-        if foreground is not None:
-            composite.SetForegroundVolumeID(foreground.GetID())
+        for node, setLayer in ((background, composite.SetBackgroundVolumeID), (foreground, composite.SetForegroundVolumeID),
+                               (label, composite.SetLabelVolumeID)):
+            if node is not None:
+                setLayer(None if node == "none" else node.GetID())
         if foregroundOpacity is not None:
             composite.SetForegroundOpacity(foregroundOpacity)
+        if labelOpacity is not None:
+            composite.SetLabelOpacity(labelOpacity)
 
 
 def showRegistration(result, gridSpacingMm: float = 15.0, gridVisible: bool = True, jacobianVisible: bool = True,
@@ -105,7 +137,6 @@ def showRegistration(result, gridSpacingMm: float = 15.0, gridVisible: bool = Tr
     isScan = fixedNode is not None and fixedNode.IsA("vtkMRMLScalarVolumeNode") and not fixedNode.IsA("vtkMRMLLabelMapVolumeNode")
     background = fixedNode if isScan else None
     if jacobianVisible and result.jacobianVolume is not None:
-        showJacobian(result.jacobianVolume)
-        setSliceLayers(scene, background, result.jacobianVolume, 1.0)  # the table's alpha does the blending
+        setSliceLayers(scene, background, foreground="none", label=jacobianOverlay(result.jacobianVolume), labelOpacity=1.0)
     elif movingNode is not None and movingNode.IsA("vtkMRMLScalarVolumeNode"):
-        setSliceLayers(scene, background, movingNode, MOVING_OPACITY)
+        setSliceLayers(scene, background, movingNode, MOVING_OPACITY, label="none")
