@@ -405,6 +405,20 @@ def test_top_level_cmakelists_is_a_slicer_extension_of_three_modules():
     assert names.index("find_package") < names.index("add_subdirectory")
 
 
+def test_screenshot_urls_name_committed_screenshots():
+    variables = {args[0]: args[1:] for c, args in cmake_commands(REPO / "CMakeLists.txt") if c == "set"}
+    prefix = "https://raw.githubusercontent.com/unleash-registration/UnleashRegistration/main/"
+    urls = variables["EXTENSION_SCREENSHOTURLS"][0].split()
+    assert len(urls) >= 2
+    for url in urls:
+        assert url.startswith(prefix), url
+        path = REPO / url[len(prefix):]
+        assert path.parent == REPO / "Resources" / "Screenshots" and path.is_file(), f"{url}: no such file"
+        width, height = png_size(path)
+        assert width >= 640 and height >= 320
+    assert "(planned)" not in variables["EXTENSION_DESCRIPTION"][0]
+
+
 def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()[:24]
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from UnleashCommon.scene import display, registration, samples  # noqa: E402
 from UnleashCommon.scene.context import headlessScene  # noqa: E402
 from UnleashCommon.scene.views import SLICE_ORIENTATIONS, SliceView, ThreeDView, savePng  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 PROBE = ("from UnleashCommon.scene.views import offscreenWindow, pixels\n"
          "window, renderer = offscreenWindow((8, 8)); renderer.SetBackground(1, 0, 0); window.Render()\n"
          "assert pixels(window)[4, 4, 0] == 255\n")
@@ -145,3 +147,25 @@ def test_sampled_pairs_are_drawn_in_3d_in_their_two_colours(sampled, tmp_path):
     nodes[0].GetDisplayNode().SetSegmentVisibility(nodes[0].GetSegmentation().GetNthSegmentID(0), False)
     hidden = view.render().astype(int)
     assert ((hidden[..., 0] > 120) & (hidden[..., 2] > 120) & (hidden[..., 1] < 80)).mean() < 0.001  # no magenta left
+
+
+def test_the_screenshot_command_pictures_a_result_folder_and_refuses_others(engine_result, sampled, val_pair, tmp_path):
+    sys.path.insert(0, str(REPO / "tools"))
+    import slicer_screenshots
+
+    resultDir = Path(engine_result["files"]["report"]).parent
+    out = tmp_path / "pictures"
+    assert slicer_screenshots.main([str(resultDir), "-o", str(out), "--samples", sampled["output"], "--size", "128"]) == 0
+    for name, width in (("registration.png", 3 * 128), ("sampled_pairs.png", 2 * 128)):
+        picture = vtk.vtkPNGReader()
+        picture.SetFileName(str(out / name))
+        picture.Update()
+        assert picture.GetOutput().GetDimensions()[:2] == (width, 128)
+        assert numpy_support.vtk_to_numpy(picture.GetOutput().GetPointData().GetScalars()).std() > 10  # not blank
+    for arguments in ([str(tmp_path), "-o", str(tmp_path / "none")],
+                      [str(resultDir), "-o", str(tmp_path / "none"), "--fixed", str(tmp_path / "gone.nii.gz")],
+                      [str(resultDir), "-o", str(tmp_path / "none"), "--samples", str(tmp_path)]):
+        with pytest.raises(SystemExit) as refused:
+            slicer_screenshots.main(arguments)
+        assert refused.value.code == 2
+    assert not (tmp_path / "none").exists()

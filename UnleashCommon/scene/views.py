@@ -107,6 +107,11 @@ class SliceView:
         self.logic.FitSliceToBackground(*self.window.GetSize())
         self.logic.SnapSliceOffsetToIJK()
 
+    def moveThrough(self, pointRas) -> None:
+        """Move the slice to pass through a point (RAS mm): the offset is along the slice's normal."""
+        sliceToRas = self.node.GetSliceToRAS()
+        self.logic.SetSliceOffset(sum(sliceToRas.GetElement(row, 2) * float(pointRas[row]) for row in range(3)))
+
     def render(self):
         """Draw the current slice; returns its pixels (see pixels())."""
         self.image.GetMapper().SetInputConnection(self.logic.GetImageDataConnection())
