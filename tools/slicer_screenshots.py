@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from unleash.jobspec import REGISTRATION_FILES  # noqa: E402
 from UnleashCommon.scene import display, registration, samples  # noqa: E402
 from UnleashCommon.scene.context import headlessScene  # noqa: E402
 from UnleashCommon.scene.views import SLICE_ORIENTATIONS, SliceView, ThreeDView  # noqa: E402
@@ -62,10 +63,8 @@ def busiestPointRas(volumeNode):
 def registrationPicture(resultDir: Path, fixedPath: Path, movingPath: Path, size: int):
     import numpy as np
 
-    from unleash.outputs import FILES
-
     logics = headlessScene()
-    isLabels = 1 if json.loads((resultDir / FILES["report"]).read_text()).get("inputs") == "vessels" else 0
+    isLabels = 1 if json.loads((resultDir / REGISTRATION_FILES["report"]).read_text()).get("inputs") == "vessels" else 0
     fixed = logics.volumes.AddArchetypeVolume(str(fixedPath), "fixed", 0)  # shown as a grey scan
     moving = logics.volumes.AddArchetypeVolume(str(movingPath), "moving", isLabels)
     if fixed is None or moving is None:
@@ -80,7 +79,7 @@ def registrationPicture(resultDir: Path, fixedPath: Path, movingPath: Path, size
         view.composite.SetBackgroundVolumeID(fixed.GetID())
         view.fit()
         view.moveThrough(busiest)
-    files = {role: str(resultDir / name) for role, name in FILES.items()}
+    files = {role: str(resultDir / name) for role, name in REGISTRATION_FILES.items()}
     report = json.loads(Path(files["report"]).read_text())
     result = registration.loadRegistrationResult(logics, files, fixed, moving, report)
     display.showRegistration(result, GRID_SPACING_MM, gridVisible=True, jacobianVisible=True)
