@@ -636,9 +636,9 @@ class UnleashRegistrationTest(ScriptedLoadableModuleTest):
         self.assertEqual(moving.GetTransformNodeID(), result.forwardTransform.GetID())
         self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(result.warpedVolume.GetID()))
         self.assertIn("folding_fraction", result.report)
-        display = result.forwardTransform.GetDisplayNode()
-        self.assertEqual(display.GetVisualizationMode(), slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GRID)
-        self.assertTrue(display.GetVisibility2D())
+        gridDisplay = result.forwardTransform.GetDisplayNode()
+        self.assertEqual(gridDisplay.GetVisualizationMode(), slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GRID)
+        self.assertTrue(gridDisplay.GetVisibility2D())
 
         warpedArray = slicer.util.arrayFromVolume(result.warpedVolume).astype(np.float32)
         self.assertEqual(warpedArray.shape, fixedArray.shape)
