@@ -353,11 +353,16 @@ def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(logics, v
         points.AddControlPoint(float(index), 0.0, 0.0)
         if index < 2:
             fewer.AddControlPoint(float(index), 0.0, 0.0)
+    unplaced = logics.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "unplaced")
+    for label in "ABC":
+        unplaced.SetNthControlPointLabel(unplaced.AddControlPoint(0.0, 0.0, 0.0), label)
+    unplaced.UnsetNthControlPointPosition(1)
     markupsOnly = logics.scene.AddNewNodeByClass("vtkMRMLModelNode", "a model")
     cases = [((empty, moving), "has no image data"), ((fixed, noSegments), "has no segments"),
              ((None, moving), "Select a fixed volume"), ((fixed, markupsOnly), "neither a volume nor a segmentation"),
              ((fixed, moving, points, fewer), "3 points and the moving ones 2"),
-             ((fixed, moving, points, None), "Select both landmark lists")]
+             ((fixed, moving, points, None), "Select both landmark lists"),
+             ((fixed, moving, points, unplaced), r"unplaced: point 2 \(B\) is not placed yet")]
     before = nodeIds(logics.scene)
     for arguments, message in cases:
         with pytest.raises(ValueError, match=message) as raised:
@@ -409,6 +414,16 @@ def test_sampled_pairs_with_a_missing_file_add_nothing(logics, sampled):
     before = nodeIds(logics.scene)
     with pytest.raises(ValueError, match="gone.nii.gz"):
         samples.loadSampledPairs(logics, broken)
+    assert nodeIds(logics.scene) == before
+
+
+def test_a_pair_file_with_more_than_one_label_is_refused(logics, sampled, val_pair):
+    """A val label map has two labels (the two vessel trees): not a sampled vessel mask."""
+    other = json.loads(json.dumps(sampled))
+    other["pairs"][0]["files"]["moving"] = str(val_pair["moving"])
+    before = nodeIds(logics.scene)
+    with pytest.raises(ValueError, match="holds 2 labels, not one vessel mask"):
+        samples.loadSampledPairs(logics, other)
     assert nodeIds(logics.scene) == before
 
 
