@@ -48,8 +48,12 @@ def test_jacobian_of_a_linear_map_is_its_determinant_on_the_work_grid():
     assert torch.allclose(fields.jacobian_determinant(u, SPACING), torch.det(torch.eye(3) + a), atol=1e-4)
 
 
-def test_jacobian_on_a_flipped_anisotropic_scan_grid_uses_physical_derivatives():
-    grid = Grid((11, 9, 7), (0.8, 1.2, 2.5), (10.0, -5.0, 3.0), (-1, 0, 0, 0, 0, 1, 0, -1, 0))
+OBLIQUE = (0.8, -0.6, 0, 0.6, 0.8, 0, 0, 0, 1)  # rotated 37 degrees about z: every derivative term counts
+
+
+@pytest.mark.parametrize("direction", [(-1, 0, 0, 0, 0, 1, 0, -1, 0), OBLIQUE])
+def test_jacobian_on_a_flipped_or_oblique_anisotropic_scan_grid_uses_physical_derivatives(direction):
+    grid = Grid((11, 9, 7), (0.8, 1.2, 2.5), (10.0, -5.0, 3.0), direction)
     k, j, i = np.meshgrid(*[np.arange(n) for n in grid.shape_zyx], indexing="ij")
     points = grid.index_to_physical(np.stack([i, j, k], -1).reshape(-1, 3))
     a = np.array([[0.1, 0.05, 0.0], [0.0, -0.2, 0.1], [0.02, 0.0, 0.3]])

@@ -52,11 +52,17 @@ def exp(velocity_mm: torch.Tensor, spacing_mm: float, steps: int = 6) -> torch.T
     """Scaling and squaring: the displacement of exp(v) for a stationary velocity v in mm.
 
     The result is a diffeomorphism whose inverse is exp(-v), which is what makes the
-    registration inverse-consistent by construction."""
-    u = velocity_mm / (2 ** steps)
+    registration inverse-consistent by construction. The squarings run in grid_sample's
+    normalised units on one identity grid, u <- u + u(x + u): the same composition as
+    `compose` without converting units at every step (15-20 % of the refinement's exp)."""
+    shape = velocity_mm.shape[2:]
+    to_normalised = _mm_to_normalised(shape, spacing_mm, velocity_mm.device, velocity_mm.dtype).view(1, 3, 1, 1, 1)
+    identity = identity_normalised(shape, velocity_mm.device, velocity_mm.dtype)
+    u = velocity_mm * (to_normalised / 2 ** steps)
     for _ in range(steps):
-        u = compose(u, u, spacing_mm)
-    return u
+        u = u + F.grid_sample(u, identity + u.permute(0, 2, 3, 4, 1), mode="bilinear", padding_mode="border",
+                              align_corners=True)
+    return u / to_normalised
 
 
 def resize(displacement_mm: torch.Tensor, shape_dhw) -> torch.Tensor:
@@ -72,16 +78,17 @@ def resize(displacement_mm: torch.Tensor, shape_dhw) -> torch.Tensor:
 def jacobian_determinant(displacement_mm: torch.Tensor, spacing_mm: float) -> torch.Tensor:
     """det(I + du/dx), (N, 3, D, H, W) -> (N, D, H, W); central differences, one-sided at the edges."""
     dz, dy, dx = torch.gradient(displacement_mm, spacing=spacing_mm, dim=(2, 3, 4))  # each (N, 3, D, H, W)
-    jac = torch.stack([dx, dy, dz], dim=-1).permute(0, 2, 3, 4, 1, 5)  # (N, D, H, W, component, axis)
-    return det3(jac + torch.eye(3, device=jac.device, dtype=jac.dtype))
+    by_axis = (dx, dy, dz)
+    return det3([[by_axis[a][:, c] + (1.0 if a == c else 0.0) for a in range(3)] for c in range(3)])
 
 
-def det3(m: torch.Tensor) -> torch.Tensor:
-    """Determinants of (..., 3, 3) matrices by cofactor expansion: 4x faster on the CPU than
-    torch.linalg.det, which factorises each of a 1 mm scan's 20 M little matrices."""
-    return (m[..., 0, 0] * (m[..., 1, 1] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 1])
-            - m[..., 0, 1] * (m[..., 1, 0] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 0])
-            + m[..., 0, 2] * (m[..., 1, 0] * m[..., 2, 1] - m[..., 1, 1] * m[..., 2, 0]))
+def det3(m) -> torch.Tensor:
+    """Determinants of 3x3 matrices given entry-first, m[row][column] a tensor of any shape (a nested
+    list or a (3, 3, ...) tensor), by cofactor expansion: 4x faster on the CPU than torch.linalg.det,
+    which factorises each of a 1 mm scan's 20 M little matrices."""
+    return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
 
 
 def diffusion_penalty(displacement_mm: torch.Tensor, spacing_mm: float) -> torch.Tensor:

@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .adapt import adapt
 from .checkpoints import DEFAULTS, load_model, model_id
 from .devices import describe, resolve_device
 from .errors import UserError
@@ -84,6 +83,8 @@ def register_files(fixed_path, moving_path, output_dir, options: RegisterOptions
         progress.progress("refinement", step, total, work=work, loss=round(loss, 5))
 
     if options.refinement == "tta" and options.adapt_iters > 0:
+        from .adapt import adapt  # imports the training code (and matplotlib): 0.9 s that io does not need
+
         tick = time.perf_counter()
         network = adapt(network, pair.fixed_occupancy.to(device), pair.moving_occupancy.to(device),
                         options.adapt_iters, on_iteration=on_step)

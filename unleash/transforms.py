@@ -39,21 +39,33 @@ def read_displacement(path) -> tuple[np.ndarray, Grid]:
 
 def jacobian_determinant(displacement_lps_mm: np.ndarray, grid: Grid, slab: int = 32) -> np.ndarray:
     """(k, j, i) float32 det(I + du/dx) of a (3, k, j, i) LPS mm field, derivatives in physical
-    space (x = origin + D S index, so d/dx = (D S)^-T d/dindex). Central differences inside, one-sided
-    at the edges (as np.gradient); computed in slabs of k so that a large scan's nine derivative
-    maps never exist at once."""
-    to_index = torch.from_numpy(np.linalg.inv(axis_steps_lps(grid).T).astype(np.float32))  # d index / d x
+    space (x = origin + D S index, so du/dx_a = sum_b du/d index_b * d index_b/dx_a). Central
+    differences inside, one-sided at the edges (as np.gradient); computed in slabs of k so that a
+    large scan's nine derivative maps never exist at once, skipping the zero terms of d index/dx
+    (six of nine for the usual axis-aligned scan)."""
+    to_index = np.linalg.inv(axis_steps_lps(grid).T)  # [b, a] = d index_b / d x_a
     field = torch.from_numpy(np.ascontiguousarray(displacement_lps_mm, dtype=np.float32))
     depth = field.shape[1]
     out = np.empty(field.shape[1:], np.float32)
     for k0 in range(0, depth, slab):
         lo, hi = max(0, k0 - 1), min(depth, k0 + slab + 1)
         d_dk, d_dj, d_di = torch.gradient(field[:, lo:hi], dim=(1, 2, 3))  # each (3, k, j, i)
-        by_index = torch.stack([d_di, d_dj, d_dk], dim=-1)  # (3, k, j, i, index axis)
-        jac = (by_index @ to_index).permute(1, 2, 3, 0, 4)  # (k, j, i, component, physical axis)
-        jac = jac + torch.eye(3)
-        out[k0:min(depth, k0 + slab)] = det3(jac)[k0 - lo:k0 - lo + min(slab, depth - k0)].numpy()
+        keep = slice(k0 - lo, k0 - lo + min(slab, depth - k0))
+        by_index = [d[:, keep] for d in (d_di, d_dj, d_dk)]
+        jac = [[_entry(by_index, to_index[:, a], c, 1.0 if a == c else 0.0) for a in range(3)] for c in range(3)]
+        out[k0:min(depth, k0 + slab)] = det3(jac).numpy()
     return out
+
+
+def _entry(by_index: list[torch.Tensor], d_index_dx: np.ndarray, component: int, identity: float) -> torch.Tensor:
+    """identity + sum_b du_component/d index_b * d index_b/dx over the non-zero terms."""
+    total = None
+    for b in np.nonzero(d_index_dx)[0]:
+        term = by_index[b][component] * float(d_index_dx[b])
+        total = term if total is None else total.add_(term)
+    if total is None:
+        return torch.full_like(by_index[0][component], identity)
+    return total.add_(identity)
 
 
 def displacement_at(displacement_lps_mm: np.ndarray, grid: Grid, points_lps: np.ndarray) -> np.ndarray:
