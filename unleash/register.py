@@ -37,7 +37,7 @@ def prepare_pair(fixed: Volume, moving: Volume, config: RegistrationConfig, inpu
     one patient share scanner coordinates; centring each on its own lungs was measured to start
     further from the answer (e.g. 19.0 vs 11.1 mm mean landmark error on val case 117)."""
     fixed_vessels, fixed_lungs, kind_fixed = vessels.vessels_from_input(fixed, inputs)
-    moving_vessels, _, kind_moving = vessels.vessels_from_input(moving, inputs)
+    moving_vessels, _, kind_moving = vessels.vessels_from_input(moving, inputs, lungs_wanted=False)
     grid = workgrid.work_grid(workgrid.lung_center_lps(fixed_vessels, fixed_lungs), config.shape_xyz, config.spacing_mm)
     kind = kind_fixed if kind_fixed == kind_moving else f"{kind_fixed}+{kind_moving}"
     return PreparedPair(fixed, moving, fixed_vessels, moving_vessels, fixed_lungs, grid,

@@ -279,9 +279,11 @@ def lung_mask_from_vessels(vessels: Volume) -> np.ndarray:
     return _to_grid(lungs, occupancy, vessels.grid)
 
 
-def vessels_from_input(volume: Volume, kind: str = "auto") -> tuple[Volume, np.ndarray, str]:
+def vessels_from_input(volume: Volume, kind: str = "auto", lungs_wanted: bool = True) -> tuple[Volume, np.ndarray | None, str]:
     """(binary uint8 vessel map, lung mask bool [k, j, i], kind used) for a vessel label map or a CT;
-    `kind` is 'auto' (detect), 'vessels' or 'ct'."""
+    `kind` is 'auto' (detect), 'vessels' or 'ct'. A label map's lung mask is approximated only when
+    `lungs_wanted` (None otherwise: registration needs the fixed scan's alone); a CT's is always made,
+    its vessels need it."""
     if kind not in INPUT_KINDS:
         raise UserError(f"unknown input kind {kind!r}: use one of {', '.join(INPUT_KINDS)}")
     kind = detect_input_kind(volume) if kind == "auto" else kind
@@ -290,7 +292,7 @@ def vessels_from_input(volume: Volume, kind: str = "auto") -> tuple[Volume, np.n
         if not binary.any():
             raise UserError("no voxel is above 0: the vessel mask is empty")
         vessels = volume.with_array(binary)
-        return vessels, lung_mask_from_vessels(vessels), kind
+        return vessels, lung_mask_from_vessels(vessels) if lungs_wanted else None, kind
     lungs = lung_mask(volume)
     return vessel_map(volume, lungs), lungs, kind
 
