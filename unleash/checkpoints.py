@@ -20,6 +20,7 @@ from .models.denoiser import Denoiser, DenoiserConfig
 from .models.registration import RegistrationConfig, TwoStepRegistration
 from .models.sampler import Sampler, SamplerConfig
 from .models.vqae import VQAEConfig, VQAutoEncoder
+from .paths import require_utf8
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULTS = {"registration": WEIGHTS_DIR / "registration_default.safetensors",
@@ -34,9 +35,18 @@ KINDS = {"registration": (RegistrationConfig, TwoStepRegistration),
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, config, card: dict) -> Path:
     """Write a model file atomically: a half-written model file never replaces a good one."""
+    state = model.state_dict()
+    broken = nonfinite(state)
+    if broken:
+        raise UserError(f"{path}: not written: the weights hold NaN or infinite values ({broken[0]})")
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "config": json.dumps(config.to_dict()), "card": json.dumps(card)}
-    return write_safetensors(path, model.state_dict(), metadata)
+                "config": json.dumps(config.to_dict(), allow_nan=False), "card": json.dumps(card)}
+    return write_safetensors(path, state, metadata)
+
+
+def nonfinite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold NaN or infinite values."""
+    return [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
@@ -58,7 +68,7 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The config and card of a model file, without building the network."""
-    path = Path(path)
+    path = Path(require_utf8(path))
     if not path.is_file():
         raise UserError(f"{path}: no such model file")
     try:
@@ -85,6 +95,9 @@ def load_model(path: str | os.PathLike | None, kind: str, device: torch.device |
         network.load_state_dict(state, strict=True)
     except (ValueError, TypeError, RuntimeError, SafetensorError) as exc:
         raise UserError(f"{path}: damaged or incompatible {kind} model ({str(exc).splitlines()[0][:160]})") from None
+    broken = nonfinite(state)
+    if broken:
+        raise UserError(f"{path}: the weights hold NaN or infinite values ({broken[0]}): a damaged or diverged model")
     return network.to(device).eval(), config, meta["card"]
 
 

@@ -25,9 +25,12 @@ def model_metadata(metadata: dict[str, str], path: str | os.PathLike) -> dict:
     if metadata.get("format") != FORMAT:
         raise UserError(f"{path}: not an unleash model file (no '{FORMAT}' header)")
     try:
-        return {"config": json.loads(metadata["config"]), "card": json.loads(metadata.get("card", "{}"))}
+        meta = {"config": json.loads(metadata["config"]), "card": json.loads(metadata.get("card", "{}"))}
     except (KeyError, json.JSONDecodeError):
         raise UserError(f"{path}: the model file's config is damaged") from None
+    if not isinstance(meta["config"], dict):
+        raise UserError(f"{path}: the model file's config is damaged (a JSON object is expected)")
+    return meta
 
 
 def header_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import from_dict_strict
+from .config import MAX_CODES, check_grid, from_dict_strict, require
 
 
 @dataclass
@@ -32,6 +32,12 @@ class DenoiserConfig:
     dropout: float = 0.1  # residual and feed-forward dropout while training, as nn.TransformerEncoderLayer
 
     def __post_init__(self):
+        require(min(self.layers, self.width, self.heads, self.feed_forward) > 0,
+                "denoiser.layers, width, heads and feed_forward must be above 0")
+        require(1 < self.codebook_size <= MAX_CODES,
+                f"denoiser.codebook_size must lie in 2..{MAX_CODES} (got {self.codebook_size})")
+        check_grid(self.token_shape_ijk, "denoiser.token_shape_ijk")
+        require(self.dropout < 1, f"denoiser.dropout must lie in [0, 1) (got {self.dropout})")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by {self.heads} heads")
 

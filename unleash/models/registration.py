@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from .. import fields
-from .config import from_dict_strict
+from .config import check_grid, from_dict_strict, require
+
+MAX_SQUARING_STEPS = 16  # exp(v) as 2^16 compositions: far past where the field stops changing
 
 
 @dataclass
@@ -32,6 +34,17 @@ class RegistrationConfig:
     # first convolution strides by 2, and scaling and squaring there costs 1/8 as much.
     channels: list[int] = field(default_factory=lambda: [16, 32, 32, 64])
     squaring_steps: int = 5
+
+    def __post_init__(self):
+        check_grid(self.shape_xyz, "registration.shape_xyz", smallest=8)
+        require(self.spacing_mm > 0 and self.lattice_mm > 0,
+                f"registration.spacing_mm and lattice_mm must be above 0 (got {self.spacing_mm}, {self.lattice_mm})")
+        lattice = [round((n - 1) * self.spacing_mm / self.lattice_mm) + 1 for n in self.shape_xyz]
+        check_grid(lattice, "registration lattice (shape_xyz at lattice_mm)", smallest=2)
+        require(len(self.channels) > 0 and min(self.channels) > 0,
+                f"registration.channels must be one or more positive sizes (got {self.channels})")
+        require(self.squaring_steps <= MAX_SQUARING_STEPS,
+                f"registration.squaring_steps must be at most {MAX_SQUARING_STEPS} (got {self.squaring_steps})")
 
     @property
     def velocity_mm(self) -> float:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .config import from_dict_strict
+from .config import from_dict_strict, require
 from .denoiser import Denoiser, DenoiserConfig
 from .vqae import VQAEConfig, VQAutoEncoder
 
@@ -29,6 +29,7 @@ class SamplerConfig:
 
     @staticmethod
     def from_dict(values: dict) -> SamplerConfig:
+        require(isinstance(values, dict), f"a sampler config is a JSON object, not {type(values).__name__}")
         values = dict(values)
         parts = {"vqae": VQAEConfig.from_dict(values.pop("vqae", {})),
                  "denoiser": DenoiserConfig.from_dict(values.pop("denoiser", {}))}

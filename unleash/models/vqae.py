@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import from_dict_strict
+from .config import MAX_CODES, check_grid, from_dict_strict, require
 
 COMMITMENT = 0.25  # beta of the VQ loss (van den Oord et al.; the paper's value)
 
@@ -35,6 +35,11 @@ class VQAEConfig:
     encoder: bool = True
 
     def __post_init__(self):
+        require(len(self.channels) > 0 and min(self.channels) > 0 and min(self.strides, default=1) > 0,
+                f"vqae.channels and strides must be positive sizes (got {self.channels}, {self.strides})")
+        require(1 < self.codebook_size <= MAX_CODES, f"vqae.codebook_size must lie in 2..{MAX_CODES} (got {self.codebook_size})")
+        check_grid(self.volume_shape_ijk, "vqae.volume_shape_ijk")
+        require(self.spacing_mm > 0, f"vqae.spacing_mm must be above 0 (got {self.spacing_mm})")
         if len(self.channels) != len(self.strides):
             raise ValueError("the VQ-AE needs one stride per channel entry")
         if any(n % self.downsampling for n in self.volume_shape_ijk):

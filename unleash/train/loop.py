@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..errors import UserError
 from ..jobs import Progress
 from .data import sample_rng
 from .distributed import Processes, total
@@ -160,6 +161,10 @@ def train(task, settings: TrainingSettings, folder: RunFolder | None, processes:
         scaler.scale(loss).backward()
         scaler.unscale_(optimiser)
         gradient_norm = torch.nn.utils.clip_grad_norm_(network.parameters(), settings.gradient_clip or math.inf)
+        # a gradient scaler skips non-finite steps itself; without one a NaN would reach the weights
+        if not scaler.is_enabled() and not bool(torch.isfinite(gradient_norm)):
+            raise UserError(f"step {step + 1}: the loss or its gradient is not finite (loss {float(loss):.4g}); "
+                            f"training stopped, the last checkpoint is kept; try a lower --lr or check the settings")
         scaler.step(optimiser)
         scaler.update()
         # the global batch's mean loss (each process holds the mean of its equal share)

@@ -20,6 +20,7 @@ import torch
 from .. import fields, workgrid
 from ..jobs import Progress
 from ..losses import gaussian_blur, occupancy_mse
+from ..models.config import require
 from ..models.registration import RegistrationConfig, TwoStepRegistration
 from ..outputs import landmark_errors_mm
 from ..register import PreparedPair, network_fields, prepare_pair
@@ -36,6 +37,9 @@ class RegistrationTask:
     rotation_deg: float = 6.0
     scaling: float = 0.06
     translation_mm: float = 8.0
+
+    def __post_init__(self):
+        require(self.scaling < 1, f"task.scaling is a share below 1 (got {self.scaling})")
 
 
 # the `training` defaults of a registration run: what the shipped model was trained with

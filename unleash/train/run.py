@@ -10,7 +10,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from .. import __version__
+from ..checkpoints import KINDS as MODEL_KINDS
 from ..checkpoints import load_model, read_metadata, save_model
 from ..devices import describe
 from ..errors import UserError
@@ -23,9 +26,9 @@ from ..models.vqae import VQAEConfig
 from . import denoiser, distributed, registration, vqae
 from .data import Source, parse_source
 from .loop import StopRequest, train
-from .rundir import RunFolder, check_new_run_dir, read_run_config
+from .rundir import RunFolder, check_new_run_dir, kept_metrics, read_run_config
 from .settings import TrainingSettings, dataclass_from, merged, read_config_file
-from .state import load_state
+from .state import check_fits, load_state
 
 # kind -> (model config, task settings, trainer); the kind's `training` defaults are jobspec.TRAINING_DEFAULTS
 KINDS = {"registration": (RegistrationConfig, registration.RegistrationTask, registration.RegistrationTrainer),
@@ -152,8 +155,14 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
     if options.resume:
         config = _resume_config(options)
         folder_path = Path(options.resume)
-        resume = load_state(RunFolder(folder_path).last_state, options.kind)
-        if options.iterations is not None and options.iterations <= resume.step:
+        last_state = RunFolder(folder_path).last_state
+        if last_state.is_file():
+            resume = load_state(last_state, options.kind)
+        else:  # stopped before its first checkpoint (e.g. killed): the run starts again from step 0
+            resume = None
+            progress.log(f"{folder_path}: no checkpoint yet; the run starts again from step 0")
+            initial = _initial(config["init"], options.kind) if config.get("init") else None
+        if resume is not None and options.iterations is not None and options.iterations <= resume.step:
             raise UserError(f"{folder_path}: the run is at step {resume.step} already; give --iterations above it")
     else:
         if not options.out:
@@ -163,6 +172,11 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
         folder_path = check_new_run_dir(options.out)
         resume = None
     model_config, settings, task_settings = parse_config(config)
+    kept = []
+    if resume is not None:  # everything a resume reads is checked before any work and before config.json is rewritten
+        with torch.device("meta"):  # shapes only
+            check_fits(resume, MODEL_KINDS[options.kind][1](model_config), RunFolder(folder_path).last_state)
+        kept = kept_metrics(RunFolder(folder_path).metrics_path, resume.step)
     sampler_vqae = _sampler_vqae(config)
     processes, device = distributed.start(options.device)
     if settings.batch_size % processes.world:
@@ -183,7 +197,7 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
             folder = RunFolder.create(folder_path, config)
             columns = ["step", "loss", *trainer.loss_parts, "learning_rate", "gradient_norm", "seconds", "samples_per_s",
                        *(trainer.validation_columns if trainer.metric else [])]
-            folder.open_metrics(columns, resume.step if resume else None)
+            folder.open_metrics(columns, kept)
         card_base = {"kind": config["kind"], "data": config["data"], "validation": config["validation"],
                      **({"init": config["init"]} if config.get("init") else {}),
                      **trainer.card(), "training": asdict(settings), "task": asdict(task_settings),

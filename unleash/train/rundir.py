@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
+from ..paths import require_utf8
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -25,7 +26,7 @@ FINAL_MODEL = "model.safetensors"
 
 def check_new_run_dir(path: str | os.PathLike) -> Path:
     """A run starts in a new or empty folder under a writable parent; checked before any work."""
-    path = Path(path)
+    path = Path(require_utf8(path))
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: exists and is not a folder")
     if path.is_dir() and any(path.iterdir()):
@@ -40,27 +41,49 @@ def check_new_run_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+SECTIONS = {"kind": str, "model": dict, "training": dict, "task": dict, "data": list, "validation": list}
+
+
 def read_run_config(path: str | os.PathLike) -> dict:
+    """A run's config.json, with every section present and of its kind (the values are checked
+    where they are parsed, train.run.parse_config)."""
     config_path = Path(path) / CONFIG
     if not config_path.is_file():
         raise UserError(f"{path}: not a training run folder (no {CONFIG})")
     try:
-        return json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{config_path}: damaged ({exc})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_path}: damaged (a JSON object with the sections {', '.join(SECTIONS)} is expected)")
+    for section, kind in SECTIONS.items():
+        if not isinstance(config.get(section), kind):
+            raise UserError(f"{config_path}: damaged (its '{section}' is missing or not a {kind.__name__})")
+    for entry in config["data"] + config["validation"]:
+        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+                and isinstance(entry.get("weight"), (int, float))):
+            raise UserError(f"{config_path}: damaged (a data entry is not {{'path': ..., 'weight': ...}})")
+    return config
+
+
+def kept_metrics(path: Path, until_step: int) -> list[dict]:
+    """The rows of metrics.csv up to a resumed checkpoint's step; the later ones are about to be run again."""
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="") as handle:
+            return [row for row in csv.DictReader(handle) if int(row["step"]) <= until_step]
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: damaged (not a table with a whole-number 'step' column); move it "
+                        f"away to resume without the earlier rows") from None
 
 
 class Metrics:
     """RUNDIR/metrics.csv, a row per step, flushed as it goes (a plot can follow a live run)."""
 
-    def __init__(self, path: Path, columns: list[str], keep_until_step: int | None):
+    def __init__(self, path: Path, columns: list[str], kept: list[dict]):
         self.path = path
         self.columns = columns
-        kept = []
-        if keep_until_step is not None and path.is_file():
-            # steps after the resumed checkpoint were not kept: they are about to be run again
-            with open(path, newline="") as handle:
-                kept = [row for row in csv.DictReader(handle) if int(row["step"]) <= keep_until_step]
         temporary = path.with_name(f".{path.name}.tmp")
         with open(temporary, "w", newline="") as handle:
             writer = csv.DictWriter(handle, columns, restval="", extrasaction="ignore")
@@ -98,8 +121,12 @@ class RunFolder:
             raise UserError(f"{path}: cannot create the run folder ({exc.strerror})") from None
         return RunFolder(path)
 
-    def open_metrics(self, columns: list[str], resumed_step: int | None) -> None:
-        self.metrics = Metrics(self.path / METRICS, columns, resumed_step)
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    def open_metrics(self, columns: list[str], kept: list[dict]) -> None:
+        self.metrics = Metrics(self.metrics_path, columns, kept)
 
     def preview_path(self, step: int) -> Path:
         return self.path / "previews" / f"step_{step:06d}.png"
@@ -110,8 +137,11 @@ def read_metrics(run: str | os.PathLike) -> dict[str, list[float]]:
     path = Path(run) / METRICS
     if not path.is_file():
         return {}
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error):  # damaged: a resume says so; a list of runs shows no steps
+        return {}
     columns: dict[str, list[float]] = {name: [] for name in rows[0]} if rows else {}
     for row in rows:
         for name, values in columns.items():

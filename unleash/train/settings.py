@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..errors import UserError
+from ..models.config import check_values
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -52,11 +53,14 @@ class TrainingSettings:
 
 def dataclass_from(cls, values: dict, section: str):
     """A settings dataclass from a dict; unknown keys and wrong values become one clear error."""
+    if not isinstance(values, dict):
+        raise UserError(f"{section}: the settings are a JSON object, not {type(values).__name__}")
     unknown = set(values) - {f.name for f in fields(cls)}
     if unknown:
         raise UserError(f"unknown {section} setting(s): {', '.join(sorted(unknown))} "
                         f"(known: {', '.join(f.name for f in fields(cls))})")
     try:
+        check_values(cls, values, section)
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise UserError(f"{section}: {exc}") from None

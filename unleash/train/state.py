@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..checkpoints import write_safetensors
+from ..checkpoints import nonfinite, write_safetensors
 from ..errors import UserError
 
 FORMAT = "unleash-training-state"
@@ -93,7 +93,35 @@ def load_state(path: str | os.PathLike, kind: str) -> TrainingState:
     try:
         skeleton = json.loads(metadata["skeleton"])
         model = {name[len("model."):]: t for name, t in tensors.items() if name.startswith("model.")}
-        return TrainingState(int(metadata["step"]), model, _unpack(skeleton["optimiser"], tensors),
-                             _unpack(skeleton["scaler"], tensors), json.loads(metadata.get("best", "null")))
-    except (KeyError, ValueError, TypeError) as exc:
+        state = TrainingState(int(metadata["step"]), model, _unpack(skeleton["optimiser"], tensors),
+                              _unpack(skeleton["scaler"], tensors), json.loads(metadata.get("best", "null")))
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise UserError(f"{path}: the training checkpoint is damaged ({exc})") from None
+    if state.step < 0:
+        raise UserError(f"{path}: the training checkpoint is damaged (step {state.step})")
+    broken = nonfinite(state.model)
+    if broken:
+        raise UserError(f"{path}: the checkpoint's weights hold NaN or infinite values ({broken[0]})")
+    return state
+
+
+def check_fits(state: TrainingState, network: torch.nn.Module, path) -> None:
+    """The checkpoint's weights and optimiser moments have the shapes of the run's network (built
+    on the meta device: shapes only), so that a mismatch is said before anything is written."""
+    expected = network.state_dict()
+    if set(expected) != set(state.model):
+        names = sorted(set(expected) ^ set(state.model))
+        raise UserError(f"{path}: the checkpoint's weights do not fit the run's model (e.g. {names[0]})")
+    for name, tensor in expected.items():
+        if tuple(state.model[name].shape) != tuple(tensor.shape):
+            raise UserError(f"{path}: the checkpoint's {name} has the shape {list(state.model[name].shape)}, "
+                            f"the run's model {list(tensor.shape)}")
+    shapes = [tuple(p.shape) for p in network.parameters()]
+    try:
+        moments = state.optimiser["state"]
+        for index, entry in moments.items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in entry and tuple(entry[key].shape) != shapes[int(index)]:
+                    raise UserError(f"{path}: the checkpoint's optimiser state does not fit the run's model")
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        raise UserError(f"{path}: the checkpoint's optimiser state is damaged") from None

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..encode import dice, occupancy_ijk, token_volume_grid
 from ..jobs import Progress
+from ..models.config import check_grid, require
 from ..models.vqae import VQAEConfig, VQAutoEncoder
 from .data import Mixture, Source, pair_files, read_pair, read_token_grids
 from .previews import coronal_projection, pair_panels_png
@@ -38,6 +39,10 @@ class VQAETask:
     # neighbourhoods; sampled grids and other patients' grids hold neighbourhoods it never saw.
     token_noise: float = 0.0
     cldice_weight: float = 0.0  # weight of 1 - clDice (soft skeletons of SKELETON_ITERATIONS erosions)
+
+    def __post_init__(self):
+        check_grid(self.patch_shape_ijk, "task.patch_shape_ijk")
+        require(self.token_noise <= 1, f"task.token_noise is a share in [0, 1] (got {self.token_noise})")
 
 
 def pair_on_token_grid(files, config: VQAEConfig) -> torch.Tensor:
