@@ -9,8 +9,10 @@ import traceback
 from dataclasses import fields
 
 from .errors import UserError
-from .jobs import Progress
+from .jobs import Interrupted, Progress, signals_interrupt
 from .jobspec import JOBS, Job
+from .paths import require_utf8
+from .preflight import preflight
 
 
 def add_job_parser(commands, job: Job):
@@ -73,6 +75,10 @@ def cmd_evaluate(args, progress: Progress) -> int:
     summary = evaluate_folder(args.folder, args.output, _register_options(args), progress,
                               landmarks_folder=args.landmarks_folder, overwrite=args.overwrite, limit=args.limit)
     progress.result(**summary)
+    failed = summary["overall"]["failed"]
+    if failed:
+        return _fail(progress, f"{failed} of {len(summary['pairs'])} pairs failed; their errors are in "
+                               f"{summary['files'][0]}", 1)
     return 0
 
 
@@ -160,9 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = Progress(getattr(args, "progress", "bar"))
     try:
-        return args.run(args, progress)
+        with signals_interrupt():
+            for value in vars(args).values():  # paths: checked before any library sees them
+                for text in value if isinstance(value, list) else [value]:
+                    if isinstance(text, str):
+                        require_utf8(text)
+            preflight(args)
+            return args.run(args, progress)
     except UserError as exc:
         return _fail(progress, str(exc), 2)
+    except Interrupted as exc:
+        return _fail(progress, f"interrupted by {exc}", 128 + exc.number)
     except KeyboardInterrupt:
         return _fail(progress, "interrupted", 130)
     except MemoryError:

@@ -9,7 +9,8 @@ import json
 import numpy as np
 
 from .geometry import read_volume, write_image
-from .jobs import Progress, atomic_output_dir
+from .jobs import Progress
+from .output_folder import atomic_output_dir
 from .outputs import FILES
 from .pipeline import RegisterOptions, register_files
 from .preview import overview_png
@@ -20,7 +21,7 @@ MAX_DISPLACEMENT_MM = 12.0
 
 
 def run_demo(output_dir, options: RegisterOptions, progress: Progress, overwrite: bool = False) -> dict:
-    with atomic_output_dir(output_dir, overwrite) as staging:
+    with atomic_output_dir(output_dir, overwrite, inputs=[options.model]) as staging:
         progress.log(f"making a synthetic vessel pair with a known deformation "
                      f"(up to {MAX_DISPLACEMENT_MM:.0f} mm, seed {options.seed})")
         fixed, moving, true_u = example_pair(seed=options.seed, max_displacement_mm=MAX_DISPLACEMENT_MM)

@@ -27,8 +27,9 @@ from .datasets import find_pairs
 from .devices import describe, resolve_device
 from .errors import UserError
 from .geometry import Grid, Volume, network_grid, read_volume, resample
-from .jobs import Progress, atomic_output_dir, check_output_dir
+from .jobs import Progress
 from .models.vqae import VQAEConfig, VQAutoEncoder
+from .output_folder import atomic_output_dir, check_output_dir
 from .sample import require_monai
 
 POSTERIOR_MARGIN_MM = 8.0
@@ -80,7 +81,7 @@ def encode_folder(folder, output_dir, model: str | None, device_name: str, progr
                   overwrite: bool = False) -> dict:
     """Encode every pair of `folder` (see datasets.find_pairs) into OUTDIR/tokens.npz; returns the report."""
     started = time.perf_counter()
-    output_dir = check_output_dir(output_dir, overwrite)
+    output_dir = check_output_dir(output_dir, overwrite, inputs=[folder, model])
     pairs = find_pairs(folder)
     device = resolve_device(device_name)
     vqae = load_vqae(model, device)
@@ -104,7 +105,7 @@ def encode_folder(folder, output_dir, model: str | None, device_name: str, progr
     report = {"version": __version__, "folder": str(folder), "device": describe(device),
               "model": {"id": model_id(model, "vqae"), "path": str(model)},
               "token_shape_ijk": vqae.config.token_shape_ijk, "pairs": rows}
-    with atomic_output_dir(output_dir, overwrite) as staging:
+    with atomic_output_dir(output_dir, overwrite, inputs=[folder, model]) as staging:
         np.savez_compressed(staging / "tokens.npz", tokens=np.stack(tokens), names=np.array([r["name"] for r in rows]))
         report["seconds"] = round(time.perf_counter() - started, 2)
         (staging / "encode.json").write_text(json.dumps(report, indent=2) + "\n")

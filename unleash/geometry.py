@@ -10,9 +10,13 @@ Conventions (stated once, used everywhere):
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,6 +29,11 @@ except ImportError:  # optional: SimpleITK's zlib writes the same files, slower
     igzip = None
 
 from .errors import UserError
+from .image_files import ORTHONORMAL_TOLERANCE, check_nifti, is_nifti
+from .paths import require_utf8
+
+# ITK's warnings are raw multi-line text on stderr; what they warn of is checked and said here
+sitk.ProcessObject_SetGlobalWarningDisplay(False)
 
 READABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -94,30 +103,141 @@ class Volume:
         return Volume(sitk.GetArrayFromImage(image), Grid.of(image))
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
-    """Read a scalar 3D image (NIfTI, NRRD, MetaImage) with its geometry; bad files raise UserError."""
-    path = Path(path)
+def check_image_file(path: str | os.PathLike) -> Grid:
+    """The grid of a scalar 3D image file, with everything checked that can be without reading
+    its voxels, and for NIfTI that its voxel data are whole; bad files raise UserError."""
+    path = Path(require_utf8(path))
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    if is_nifti(path):
+        check_nifti(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise UserError(f"{path}: cannot be read as an image ({_last_line(exc)})") from None
+    if reader.GetDimension() != 3:
+        raise UserError(f"{path}: is a {reader.GetDimension()}D image; a 3D volume is needed")
+    if reader.GetNumberOfComponents() != 1:
+        raise UserError(f"{path}: has {reader.GetNumberOfComponents()} components per voxel; a scalar volume is needed")
+    if min(reader.GetSize()) < 8:
+        raise UserError(f"{path}: size {reader.GetSize()} is too small for a 3D scan")
+    grid = Grid(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
+    check_geometry(grid, path)
+    return grid
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read a scalar 3D image (NIfTI, NRRD, MetaImage) with its geometry; bad files raise UserError."""
+    check_image_file(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-        raise UserError(f"{path}: cannot be read as an image ({first[:160]})") from None
-    if image.GetDimension() != 3:
-        raise UserError(f"{path}: is a {image.GetDimension()}D image; a 3D volume is needed")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise UserError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed")
-    if min(image.GetSize()) < 8:
-        raise UserError(f"{path}: size {image.GetSize()} is too small for a 3D scan")
+        raise UserError(f"{path}: cannot be read as an image ({_last_line(exc)})") from None
     return Volume.from_sitk(image)
+
+
+def _last_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else "unreadable"
+
+
+def check_geometry(grid: Grid, path) -> None:
+    """Voxel sizes positive, origin finite, direction a rotation (axes orthonormal): every
+    mapping between grids here assumes it, and coercing it would move the scan without a word."""
+    if not all(np.isfinite(grid.spacing_mm)) or min(grid.spacing_mm) <= 0:
+        raise UserError(f"{path}: voxel sizes {grid.spacing_mm} mm; they must be positive numbers")
+    if not all(np.isfinite(grid.origin_lps)):
+        raise UserError(f"{path}: its origin {grid.origin_lps} is not a point")
+    d = np.asarray(grid.direction, np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(d)) or np.abs(d.T @ d - np.eye(3)).max() > ORTHONORMAL_TOLERANCE:
+        raise UserError(f"{path}: its direction matrix is not a rotation (its axes are not orthonormal); "
+                        f"resample the scan onto an orthogonal grid first")
+
+
+def physical_box(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) LPS mm corners of the axis-aligned box around the grid's voxel centres."""
+    corners = np.array([[i, j, k] for i in (0, grid.size[0] - 1) for j in (0, grid.size[1] - 1)
+                        for k in (0, grid.size[2] - 1)], np.float64)
+    points = grid.index_to_physical(corners)
+    return points.min(axis=0), points.max(axis=0)
+
+
+def check_overlap(fixed: Grid, moving: Grid, fixed_path, moving_path) -> float:
+    """The share of shared physical space (overlap_fraction); none at all is refused: scans of one
+    patient share scanner coordinates, and the work grid is centred on the fixed scan."""
+    shared = overlap_fraction(fixed, moving)
+    if shared == 0:
+        raise UserError(f"{fixed_path} and {moving_path} do not overlap in physical space (LPS mm); "
+                        f"scans of one patient share scanner coordinates: check their origins")
+    return shared
+
+
+def overlap_fraction(a: Grid, b: Grid) -> float:
+    """Volume shared by the two grids' physical boxes, as a share of the smaller box."""
+    (low_a, high_a), (low_b, high_b) = physical_box(a), physical_box(b)
+    shared = np.clip(np.minimum(high_a, high_b) - np.maximum(low_a, low_b), 0, None).prod()
+    smaller = min(np.prod(high_a - low_a), np.prod(high_b - low_b))
+    return float(shared / smaller) if smaller > 0 else 0.0
+
+
+_stderr_lock = threading.Lock()
+_stderr_users = 0
+_stderr_saved: tuple[int, object] | None = None  # (the real stderr's duplicate, the capture file)
+
+
+@contextmanager
+def _c_stderr_captured():
+    """While images are written, the C libraries' own stderr lines (e.g. NIfTI's "** ERROR: NWAD:
+    wrote only 0 of N bytes" on a full disk) go to a file: the failure is reported as one line
+    instead. Shared by concurrent writers (outputs.write_fields writes two at a time); what was
+    captured goes back to stderr when the last writer finishes without an error."""
+    global _stderr_users, _stderr_saved
+    with _stderr_lock:
+        if _stderr_users == 0:
+            sys.stderr.flush()
+            capture = tempfile.TemporaryFile()
+            _stderr_saved = (os.dup(2), capture)
+            os.dup2(capture.fileno(), 2)
+        _stderr_users += 1
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        with _stderr_lock:
+            _stderr_users -= 1
+            if _stderr_users == 0:
+                saved, capture = _stderr_saved
+                os.dup2(saved, 2)
+                os.close(saved)
+                capture.seek(0)
+                text = capture.read()
+                capture.close()
+                if text and not failed:
+                    os.write(2, text)
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
     """Compressed at level 1: displacement fields are float noise to gzip, higher levels cost seconds
     and save little. A .gz file is gzipped by ISA-L (`isal`) where installed: the same gzip format,
-    5x faster than SimpleITK's zlib on a 1 mm lung field (1.4 vs 7.3 s for 295 MB, 5 % larger)."""
-    path = Path(path)
+    5x faster than SimpleITK's zlib on a 1 mm lung field (1.4 vs 7.3 s for 295 MB, 5 % larger).
+    A failure (a full disk, an unwritable folder) raises OSError with the path, and the C
+    libraries' own stderr lines stay off the terminal."""
+    path = Path(require_utf8(path))
+    try:
+        with _c_stderr_captured():
+            _write(image, path)
+    except RuntimeError as exc:
+        folder = path.resolve().parent
+        if folder.is_dir() and shutil.disk_usage(folder).free < _bytes_of(image):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise OSError(errno.EIO, f"cannot be written ({_last_line(exc)})", str(path)) from None
+
+
+def _write(image: sitk.Image, path: Path) -> None:
     if not path.name.endswith(".nii.gz") or igzip is None:
         sitk.WriteImage(image, str(path), useCompression=True, compressionLevel=1)
         return
@@ -130,6 +250,11 @@ def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
             shutil.copyfileobj(source, target, 1 << 24)
     finally:
         uncompressed.unlink(missing_ok=True)
+
+
+def _bytes_of(image: sitk.Image) -> int:
+    """Uncompressed size: the most that writing the image could have needed."""
+    return int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
 
 
 def network_grid(center_lps: np.ndarray, shape_xyz: tuple[int, int, int], spacing_mm: float) -> Grid:

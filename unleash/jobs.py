@@ -1,5 +1,5 @@
 """Jobs: JSON-lines progress events, the command lines that the Slicer modules launch, and
-outputs that appear whole or not at all.
+cancellation (outputs that appear whole or not at all: output_folder.py).
 
 Event protocol (one JSON object per line on stdout with `--progress json`):
   {"event": "log", "message": str}
@@ -17,15 +17,11 @@ Without `--progress json` a progress bar and the log go to stderr and stdout sta
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import signal
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
-from .errors import UserError
 from .jobspec import JOBS
 
 
@@ -38,6 +34,7 @@ class Progress:
         self.stderr = stderr or sys.stderr
         self._stage_started: dict[str, tuple[float, float]] = {}  # stage -> (time, fraction) of its first event
         self._last_draw = 0.0
+        self._bar_open = False  # a bar line is drawn without its newline: a message must start a line of its own
 
     def emit(self, event: str, **fields) -> None:
         if self.mode == "json":
@@ -48,8 +45,14 @@ class Progress:
         if self.mode == "json":
             self.emit("log", message=message)
         elif self.mode == "bar":
+            self._end_bar()
             self.stderr.write(message + "\n")
             self.stderr.flush()
+
+    def _end_bar(self) -> None:
+        if self._bar_open:
+            self.stderr.write("\n")
+            self._bar_open = False
 
     def progress(self, stage: str, step: int, total: int, work: float | None = None, **extra) -> None:
         """`work`: the share of the stage's work done, where its steps differ in cost (the refinement's
@@ -76,6 +79,7 @@ class Progress:
                 metrics = "".join(f" {k} {v:.4g}" for k, v in (extra.get("metric") or {}).items())
                 tail = f" loss {extra['loss']:.4g}{metrics}{tail}"
             end = "\n" if step >= total else ""
+            self._bar_open = not end
             self.stderr.write(f"\r{stage:<12} [{'#' * filled}{'.' * (30 - filled)}] {step}/{total}{tail}{end}")
             self.stderr.flush()
 
@@ -83,7 +87,35 @@ class Progress:
         self.emit("result", **fields)
 
     def error(self, message: str) -> None:
+        """The event; with the bar, the caller's error line then starts a line of its own."""
         self.emit("error", message=message)
+        if self.mode == "bar":
+            self._end_bar()
+            self.stderr.flush()
+
+
+class Interrupted(BaseException):
+    """SIGTERM (what Slicer's Cancel sends first) or SIGINT outside training's own handler: raised
+    in the main thread, so that every `finally` and temporary-folder clean-up runs on the way out."""
+
+    def __init__(self, number: int):
+        super().__init__(signal.Signals(number).name)
+        self.number = number
+
+
+@contextmanager
+def signals_interrupt():
+    """While a command runs, SIGINT and SIGTERM raise Interrupted (training swaps in its own
+    checkpoint-and-stop handler); the previous handlers come back afterwards."""
+    def interrupt(number, frame):
+        raise Interrupted(number)
+
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def parse_event(line: str) -> dict | None:
@@ -96,47 +128,6 @@ def parse_event(line: str) -> dict | None:
     except json.JSONDecodeError:
         return None
     return event if isinstance(event, dict) and "event" in event else None
-
-
-def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an existing non-empty folder unless `overwrite`, and an unwritable location, before any work."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{path}: exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise UserError(f"{path}: exists and is not empty (use --overwrite to replace it)")
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise UserError(f"{parent}: the output's parent folder does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{parent}: is not writable")
-    return path
-
-
-@contextmanager
-def atomic_output_dir(path: str | os.PathLike, overwrite: bool):
-    """Yield a temporary folder beside `path`; on success it replaces `path` whole, on failure
-    it is removed and whatever was at `path` is left as it was."""
-    path = check_output_dir(path, overwrite)
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.resolve().parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; a results folder should read like any other
-    except OSError as exc:
-        raise UserError(f"{path}: cannot create the output folder ({exc.strerror})") from None
-    try:
-        yield staging
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=staging.parent))
-            os.replace(path, old / path.name)
-            os.replace(staging, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def unleash_command(python: str | None = None) -> list[str]:

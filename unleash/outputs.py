@@ -49,7 +49,7 @@ def percentiles(errors_mm: np.ndarray) -> dict:
 def landmark_errors_mm(pair: PreparedPair, forward_lps_mm: np.ndarray | None, landmarks_csv, field_grid=None) -> np.ndarray:
     """||x_f + u(x_f) - x_m|| per landmark; with no field, the initial misalignment ||x_f - x_m||.
     The field lies on the fixed scan's grid unless `field_grid` says otherwise (e.g. the work grid)."""
-    fixed_ijk, moving_ijk = read_landmarks(landmarks_csv)
+    fixed_ijk, moving_ijk = read_landmarks(landmarks_csv, pair.fixed.grid, pair.moving.grid)
     fixed_lps = pair.fixed.grid.index_to_physical(fixed_ijk)
     moving_lps = pair.moving.grid.index_to_physical(moving_ijk)
     if forward_lps_mm is None:
@@ -83,7 +83,7 @@ def deformation_quality(pair: PreparedPair, registration: Registration, scan: Sc
 
 
 def write_fields(folder: Path, pair: PreparedPair, scan: ScanFields) -> None:
-    """The four images into `folder` (a staging folder that jobs.atomic_output_dir moves into place).
+    """The four images into `folder` (a staging folder that output_folder.atomic_output_dir moves into place).
     Made and written two at a time, largest first: SimpleITK compresses and numpy converts without
     holding the GIL, and the two 160 MB displacement fields of a 1 mm lung pair took 13.5 s one
     after the other, 7.5 s side by side."""
@@ -110,4 +110,5 @@ def _rounded(displacement_mm: np.ndarray, step_mm: float = 2.0 ** -10) -> np.nda
 
 
 def write_report(folder: Path, report: dict) -> None:
-    (folder / FILES["report"]).write_text(json.dumps(report, indent=2) + "\n")
+    # strict JSON: every number is checked finite where it arises, so a NaN here is a bug, not a value
+    (folder / FILES["report"]).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")

@@ -5,16 +5,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__
 from .checkpoints import DEFAULTS, load_model, model_id
+from .datasets import read_landmarks
 from .devices import describe, resolve_device
 from .errors import UserError
-from .geometry import read_volume
-from .jobs import Progress, atomic_output_dir, check_output_dir
+from .geometry import check_overlap, read_volume
+from .jobs import Progress
 from .jobspec import DEFAULT_DEVICE, REFINEMENTS, STARTS
 from .optimise import RefineConfig
+from .output_folder import atomic_output_dir, check_output_dir
 from .outputs import (
     FILES,
     deformation_quality,
@@ -29,6 +32,7 @@ from .register import prepare_pair, register_prepared
 # Total refinement iterations of the default; the benchmark in benchmarks/registration.py measured
 # the trade-off between TRE and seconds that chose it (see the model card).
 DEFAULT_ADAPT_ITERS = RefineConfig().total_iterations
+MIN_OVERLAP = 0.5  # below this share of shared physical space a registration is unlikely to be right
 
 
 def default_start(refinement: str, adapt_iters: int) -> str:
@@ -64,12 +68,18 @@ def register_files(fixed_path, moving_path, output_dir, options: RegisterOptions
                         "without instance optimisation the result would be the identity")
     if options.landmarks is not None and not Path(options.landmarks).is_file():
         raise UserError(f"{options.landmarks}: no such landmark file")
-    check_output_dir(output_dir, overwrite)
+    inputs = [fixed_path, moving_path, options.landmarks, options.model]
+    check_output_dir(output_dir, overwrite, inputs)
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
 
     tick = time.perf_counter()
     fixed, moving = read_volume(fixed_path), read_volume(moving_path)
+    shared = check_overlap(fixed.grid, moving.grid, fixed_path, moving_path)
+    if shared < MIN_OVERLAP:
+        progress.log(f"warning: the scans share only {100 * shared:.0f} % of the smaller one's box in physical space")
+    if options.landmarks:
+        read_landmarks(options.landmarks, fixed.grid, moving.grid)
     network, config, _ = load_model(options.model, "registration", device)
     seconds["read"] = time.perf_counter() - tick
 
@@ -96,6 +106,9 @@ def register_files(fixed_path, moving_path, output_dir, options: RegisterOptions
 
     tick = time.perf_counter()
     scan = to_scan_grids(pair, registration)
+    for name, displacement in (("displacement", scan.forward_lps_mm), ("inverse displacement", scan.inverse_lps_mm)):
+        if not np.isfinite(displacement).all():
+            raise UserError(f"the registration gave a {name} with NaN or infinite values; nothing was written")
     report = {
         "version": __version__,
         "fixed": str(fixed_path), "moving": str(moving_path), "inputs": pair.inputs,
@@ -114,7 +127,7 @@ def register_files(fixed_path, moving_path, output_dir, options: RegisterOptions
     seconds["fields"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    with atomic_output_dir(output_dir, overwrite) as staging:
+    with atomic_output_dir(output_dir, overwrite, inputs) as staging:
         write_fields(staging, pair, scan)
         seconds["write"] = time.perf_counter() - tick
         seconds["total"] = time.perf_counter() - started

@@ -35,11 +35,12 @@ from .checkpoints import DEFAULTS, load_model, model_id
 from .devices import describe, resolve_device
 from .errors import UserError
 from .geometry import Grid, Volume, network_grid, write_image
-from .jobs import Progress, atomic_output_dir, check_output_dir
+from .jobs import Progress
 from .jobspec import DEFAULT_DEVICE, DEFAULT_SAMPLE_BATCH, DEFAULT_SCHEDULE, DEFAULT_TEMPERATURE, SCHEDULES
 from .models.denoiser import Denoiser
 from .models.sampler import Sampler
 from .models.vqae import VQAutoEncoder
+from .output_folder import atomic_output_dir, check_output_dir
 from .preview_pairs import pair_projections, pairs_preview_png
 
 CHOICE_NOISE = 4.5  # MaskGIT's Gumbel noise on the confidence, annealed to 0 over the steps
@@ -236,10 +237,7 @@ def _write_pair(folder: Path, name: str, volumes: dict[str, Volume], probabiliti
         volume = volumes[key]
         if key.endswith("probability"):  # steps of 1/255: a soft map then compresses like a label map
             volume = volume.with_array((np.round(volume.array * 255) / 255).astype(np.float32))
-        try:
-            write_image(volume.to_sitk(), folder / file)
-        except RuntimeError as exc:
-            raise UserError(f"{folder / file}: cannot be written ({str(exc).strip().splitlines()[-1][:160]})") from None
+        write_image(volume.to_sitk(), folder / file)
     return files
 
 
@@ -247,7 +245,7 @@ def sample_files(count: int, output_dir, options: SampleOptions, progress: Progr
     """Sample `count` pairs into `output_dir` (pair_NNNN_fixed/moving.nii.gz, samples.json, preview.png)."""
     started = time.perf_counter()
     options.check(count)
-    output_dir = check_output_dir(output_dir, overwrite)
+    output_dir = check_output_dir(output_dir, overwrite, inputs=[options.model])
     device = resolve_device(options.device)
     model, card = load_sampler(options.model, device)
     grid = sample_grid(model.vqae)
@@ -273,7 +271,7 @@ def sample_files(count: int, output_dir, options: SampleOptions, progress: Progr
 
     tick = time.perf_counter()
     pairs, projections = [], []
-    with atomic_output_dir(output_dir, overwrite) as staging:
+    with atomic_output_dir(output_dir, overwrite, inputs=[options.model]) as staging:
         for index, row in enumerate(tokens):
             volumes = decode_pair(model.vqae, row, grid)
             name = f"pair_{index + 1:04d}"
