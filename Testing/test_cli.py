@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from unleash.checkpoints import FORMAT
 from unleash.cli import main
 from unleash.jobs import parse_event, register_command
+from unleash.output_folder import MARKER
 from unleash.outputs import FILES
 
 
@@ -31,7 +32,7 @@ def test_register_end_to_end_on_a_real_pair_with_json_progress(val_folder, tmp_p
     kinds = [e["event"] for e in events]
     assert "progress" in kinds and kinds[-1] == "result"
     result = events[-1]
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES.values())
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FILES.values(), MARKER])
     field = sitk.ReadImage(str(out / FILES["displacement"]), sitk.sitkVectorFloat64)
     assert field.GetSize() == sitk.ReadImage(str(val_folder / "case_002_1.nii.gz")).GetSize()
     sitk.DisplacementFieldTransform(field)
@@ -148,11 +149,12 @@ def test_an_output_under_a_file_is_refused(scans, tiny_model, tmp_path, capsys):
     assert_one_clear_line(code, err, "does not exist")
 
 
-def test_overwrite_replaces_an_existing_output_whole(scans, tiny_model, tmp_path, capsys):
+def test_overwrite_replaces_an_earlier_output_whole(scans, tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
-    code, _ = run_cli(["register", str(scans / "vessels.nii.gz"), str(scans / "vessels.nii.gz"), "-o", str(out),
-                       "--model", str(tiny_model), "--adapt-iters", "2", "--overwrite", "--progress", "none"], capsys)
-    assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES.values())
+    command = ["register", str(scans / "vessels.nii.gz"), str(scans / "vessels.nii.gz"), "-o", str(out),
+               "--model", str(tiny_model), "--adapt-iters", "2", "--overwrite", "--progress", "none"]
+    assert run_cli(command, capsys)[0] == 0
+    (out / FILES["warped_moving"]).unlink()  # an earlier output with a file missing is still the tool's own
+    assert run_cli(command, capsys)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FILES.values(), MARKER])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
