@@ -17,14 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from bad_inputs import CASES, TINY_TRAINING, cut, make_fixtures, snapshot, tree, verdict, write_scan
 from conftest import REPO
-from test_denoiser import TINY_DENOISER, TINY_VQAE
+from test_sample import sampler_file  # noqa: F401  (the tiny sampler model file, a fixture)
 
-from unleash.checkpoints import save_model
 from unleash.cli import main
-from unleash.models.sampler import Sampler, SamplerConfig
 from unleash.output_folder import MARKER
 from unleash.outputs import FILES
 
@@ -178,17 +175,8 @@ def test_concurrent_runs_into_one_folder_never_mix(large_pair, fixtures, tmp_pat
     assert complete_output(out) and not temporary_folders(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def sampler_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = SamplerConfig(vqae=TINY_VQAE, denoiser=TINY_DENOISER)
-    path = tmp_path_factory.mktemp("sampler") / "tiny_sampler.safetensors"
-    save_model(path, Sampler(config), config, {"kind": "sampler", "note": "tiny untrained test model"})
-    return path
-
-
 @pytest.mark.parametrize("command", ["register", "sample"])
-def test_a_full_disk_is_one_line_with_the_path_and_leaves_nothing(command, fixtures, sampler_file, tmp_path):
+def test_a_full_disk_is_one_line_with_the_path_and_leaves_nothing(command, fixtures, tmp_path, request):
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(disk)], capture_output=True, text=True)
@@ -199,7 +187,7 @@ def test_a_full_disk_is_one_line_with_the_path_and_leaves_nothing(command, fixtu
             fixed = write_scan(tmp_path / "fixed.nii.gz", np.kron(tree(), np.ones((2, 2, 2), np.uint8)))
             argv = ["register", str(fixed), str(fixed), "--model", str(fixtures.model), "--adapt-iters", "2"]
         else:
-            argv = ["sample", "-n", "2", "--steps", "2", "--model", str(sampler_file)]
+            argv = ["sample", "-n", "2", "--steps", "2", "--model", str(request.getfixturevalue("sampler_file"))]
         job = subprocess.run([*UNLEASH, *argv, "-o", str(disk / "out"), "--device", "cpu", "--progress", "none"],
                              capture_output=True, text=True, env=ENV, timeout=300)
         lines = job.stderr.strip().splitlines()
