@@ -25,9 +25,11 @@ class PairFiles:
     landmarks: Path | None = None
 
 
-def find_pairs(folder: str | Path, landmarks_folder: str | Path | None = None) -> list[PairFiles]:
-    """All complete pairs in `folder`, sorted by name. Landmarks are looked up as
-    `<landmarks_folder>/<name>.csv`, by default in a sibling folder `<folder>_landmarks`."""
+def find_pairs(folder: str | Path, landmarks_folder: str | Path | None = None, limit: int | None = None) -> list[PairFiles]:
+    """All complete pairs in `folder` (the first `limit` of them), sorted by name. Landmarks are
+    looked up as `<landmarks_folder>/<name>.csv`, by default in a sibling folder `<folder>_landmarks`."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be 1 or more (got {limit})")
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder")
@@ -52,7 +54,7 @@ def find_pairs(folder: str | Path, landmarks_folder: str | Path | None = None) -
             pairs.append(PairFiles(name, path, moving, landmarks if landmarks.is_file() else None))
     if not pairs:
         raise UserError(f"{folder}: no image pairs found (expected case_NNN_1/_2 or pair_NNNN_fixed/_moving files)")
-    return pairs
+    return pairs[:limit]
 
 
 LANDMARK_COLUMNS = ["fixed_i", "fixed_j", "fixed_k", "moving_i", "moving_j", "moving_k"]
@@ -63,6 +65,8 @@ def read_landmarks(path: str | Path, fixed_grid=None, moving_grid=None) -> tuple
     is required (without it the first landmark would be taken for one), every value must be a
     finite number, and with the grids given every index must lie inside its scan."""
     path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such landmark file")
     try:
         with open(path, newline="") as handle:
             rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]

@@ -50,9 +50,7 @@ def evaluate_folder(folder, output_dir, options: RegisterOptions, progress: Prog
                     overwrite: bool = False, limit: int | None = None) -> dict:
     """Register every pair; a pair that fails is recorded with its error and the others go on
     (the summary's "failed" counts them, and the CLI exits non-zero)."""
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be 1 or more (got {limit})")
-    pairs = find_pairs(folder, landmarks_folder)[:limit]
+    pairs = find_pairs(folder, landmarks_folder, limit)
     inputs = [folder, landmarks_folder, options.model]
     rows, before, after = [], [], []
     with atomic_output_dir(output_dir, overwrite, inputs) as staging, tempfile.TemporaryDirectory() as scratch:

@@ -66,8 +66,6 @@ def register_files(fixed_path, moving_path, output_dir, options: RegisterOptions
     if start == "identity" and (options.refinement != "io" or options.adapt_iters == 0):
         raise UserError("--start identity needs --refinement io and --adapt-iters above 0: "
                         "without instance optimisation the result would be the identity")
-    if options.landmarks is not None and not Path(options.landmarks).is_file():
-        raise UserError(f"{options.landmarks}: no such landmark file")
     inputs = [fixed_path, moving_path, options.landmarks, options.model]
     check_output_dir(output_dir, overwrite, inputs)
     device = resolve_device(options.device)

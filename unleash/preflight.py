@@ -5,7 +5,6 @@ that was verified once is not read again for it (image_files)."""
 from __future__ import annotations
 
 from .datasets import find_pairs, read_landmarks
-from .errors import UserError
 from .geometry import check_image_file, check_overlap
 from .output_folder import check_output_dir
 
@@ -21,9 +20,7 @@ def preflight(args) -> None:
         if args.landmarks:
             read_landmarks(args.landmarks, fixed, moving)
     elif command == "evaluate":
-        if args.limit is not None and args.limit < 1:
-            raise UserError(f"--limit must be 1 or more (got {args.limit})")
-        find_pairs(args.folder, args.landmarks_folder)
+        find_pairs(args.folder, args.landmarks_folder, args.limit)
         check_output_dir(args.output, args.overwrite, [args.folder, args.landmarks_folder, args.model])
     elif command in ("sample", "demo"):
         check_output_dir(args.output, args.overwrite, [args.model])
