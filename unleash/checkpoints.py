@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import UserError
-from .modelfile import FORMAT, FORMAT_VERSION, model_metadata
+from .modelfile import FORMAT, FORMAT_VERSION, model_metadata, require_kind
 from .models.denoiser import Denoiser, DenoiserConfig
 from .models.registration import RegistrationConfig, TwoStepRegistration
 from .models.sampler import Sampler, SamplerConfig
@@ -83,9 +83,7 @@ def load_model(path: str | os.PathLike | None, kind: str, device: torch.device |
     """(network in eval mode, config, card) of a model file of `kind`; None means the shipped default."""
     path = Path(path) if path is not None else DEFAULTS[kind]
     meta = read_metadata(path)
-    found = meta["config"].get("kind")
-    if found != kind:
-        raise UserError(f"{path}: is a {found!r} model, but a {kind!r} model is needed")
+    require_kind(meta, path, kind)
     config_class, network_class = KINDS[kind]
     try:
         config = config_class.from_dict(meta["config"])

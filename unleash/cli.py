@@ -10,7 +10,7 @@ from dataclasses import fields
 
 from .errors import UserError
 from .jobs import Interrupted, Progress, signals_interrupt
-from .jobspec import JOBS, Job
+from .jobspec import JOBS, EngineDefault, Job
 from .paths import require_utf8
 from .preflight import preflight
 
@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                     if isinstance(text, str):
                         require_utf8(text)
             preflight(args)
+            for name, value in vars(args).items():
+                if isinstance(value, EngineDefault):
+                    setattr(args, name, value.value())
             return args.run(args, progress)
     except UserError as exc:
         return _fail(progress, str(exc), 2)

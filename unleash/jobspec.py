@@ -44,14 +44,18 @@ PROGRESS_MODES = ("bar", "json", "none")
 
 @dataclass(frozen=True)
 class EngineDefault:
-    """A default that the engine computes (e.g. from a torch-side config): `module:NAME`, read when the
-    parser is built; a command line leaves the option out to get it."""
+    """A default that the engine computes (e.g. from a torch-side config): `module:NAME`; a command line
+    leaves the option out to get it. It is looked up when the command runs (cli.main, after the inputs
+    are checked) or when the help shows it: building the parser and refusing bad input need no torch."""
 
     where: str
 
     def value(self):
         module, name = self.where.split(":")
         return getattr(importlib.import_module(module), name)
+
+    def __str__(self) -> str:  # the help's %(default)s
+        return str(self.value())
 
 
 @dataclass(frozen=True)
@@ -75,8 +79,9 @@ class Option:
         return not self.flag.startswith("-")
 
     def parser_default(self):
-        """The value the parser gives when the option is left out (an engine default is looked up now)."""
-        return self.default.value() if isinstance(self.default, EngineDefault) else self.default
+        """The value the parser gives when the option is left out (an engine default as it is: cli.main
+        looks it up once the inputs are checked)."""
+        return self.default
 
     def arguments(self, value) -> list[str]:
         """This option's part of a command line for `value` (None or "": left to the engine's default)."""

@@ -42,7 +42,29 @@ def header_metadata(path: str | os.PathLike) -> dict[str, str]:
         header = json.loads(handle.read(length))
     if not isinstance(header, dict):
         raise ValueError("the safetensors header is not a JSON object")
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"
+            and isinstance(entry, dict) and isinstance(entry.get("data_offsets"), list) and entry["data_offsets"]]
+    if 8 + length + max(ends, default=0) > os.path.getsize(path):
+        raise ValueError("the file is shorter than its header says (truncated)")
     return header.get("__metadata__") or {}
+
+
+def check_model_file(path: str | os.PathLike, *kinds: str) -> dict:
+    """{"config", "card"} of a model file of one of `kinds`, from its header alone; UserError otherwise."""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such model file")
+    try:
+        meta = model_metadata(header_metadata(path), path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable unleash model file ({exc})") from None
+    require_kind(meta, path, *kinds)
+    return meta
+
+
+def require_kind(meta: dict, path, *kinds: str) -> None:
+    found = meta["config"].get("kind")
+    if found not in kinds:
+        raise UserError(f"{path}: is a {found!r} model, but a {' or '.join(map(repr, kinds))} model is needed")
 
 
 def model_kind(path: str | os.PathLike) -> str | None:

@@ -6,13 +6,20 @@ from __future__ import annotations
 
 from .datasets import find_pairs, read_landmarks
 from .geometry import check_image_file, check_overlap
+from .modelfile import check_model_file
 from .output_folder import check_output_dir
+
+# the model file kinds that a command's --model takes
+MODEL_KINDS = {"register": ("registration",), "evaluate": ("registration",), "demo": ("registration",),
+               "sample": ("sampler",), "encode": ("vqae", "sampler")}
 
 
 def preflight(args) -> None:
     """Check the parsed arguments of a command (argparse's namespace) before its work starts."""
     given = vars(args)
     command = given.get("command")
+    if given.get("model") and command in MODEL_KINDS:
+        check_model_file(args.model, *MODEL_KINDS[command])
     if command == "register":
         check_output_dir(args.output, args.overwrite, [args.fixed, args.moving, args.landmarks, args.model])
         fixed, moving = check_image_file(args.fixed), check_image_file(args.moving)

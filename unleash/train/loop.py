@@ -163,7 +163,7 @@ def train(task, settings: TrainingSettings, folder: RunFolder | None, processes:
         gradient_norm = torch.nn.utils.clip_grad_norm_(network.parameters(), settings.gradient_clip or math.inf)
         # a gradient scaler skips non-finite steps itself; without one a NaN would reach the weights
         if not scaler.is_enabled() and not bool(torch.isfinite(gradient_norm)):
-            raise UserError(f"step {step + 1}: the loss or its gradient is not finite (loss {float(loss):.4g}); "
+            raise UserError(f"step {step + 1}: the loss or its gradient is not finite (loss {float(loss.detach()):.4g}); "
                             f"training stopped, the last checkpoint is kept; try a lower --lr or check the settings")
         scaler.step(optimiser)
         scaler.update()
