@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 
@@ -110,6 +111,9 @@ def signals_interrupt():
     def interrupt(number, frame):
         raise Interrupted(number)
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield
+        return
     previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
