@@ -319,7 +319,7 @@ def test_encode_refuses_a_ct_and_a_model_of_another_kind(sampler_file, tiny_mode
                          "--progress", "none"], capsys)
     assert_one_clear_line(code, err, "is not a vessel label map")
     code, err = run_cli(["encode", str(folder), "-o", str(tmp_path / "b"), "--model", str(tiny_model)], capsys)
-    assert_one_clear_line(code, err, "is a 'registration' model, but a 'vqae' model is needed")
+    assert_one_clear_line(code, err, "is a 'registration' model, but a 'vqae' or 'sampler' model is needed")
 
 
 def test_encode_places_a_lung250m_pair_exactly_as_the_paper_padded_it():

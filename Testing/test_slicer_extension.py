@@ -486,7 +486,7 @@ def test_the_module_calls_register_command_with_its_real_keywords():
 
 
 def test_registration_job_command_parses_with_the_cli(tmp_path, tiny_model):
-    from unleash.cli import build_parser, cmd_register
+    from unleash.cli import build_parser, cmd_register, resolve_engine_defaults
 
     python = str(tmp_path / "Slicer" / "bin" / "PythonSlicer")
     landmarks = writeLandmarksCsv(tmp_path / "landmarks.csv", [(1, 2, 3)], [(2, 3, 4)])
@@ -506,7 +506,7 @@ def test_registration_job_command_parses_with_the_cli(tmp_path, tiny_model):
 
     command = register_command("f.nrrd", "m.nrrd", "out", model=None, device="auto", adapt_iters=None, landmarks=None,
                                python=python)
-    args = build_parser().parse_args(command[3:])
+    args = resolve_engine_defaults(build_parser().parse_args(command[3:]))
     assert args.model is None and args.adapt_iters == DEFAULT_ADAPT_ITERS and args.landmarks is None and args.start is None
 
 

@@ -162,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_engine_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """The options left to an engine default get its value (this imports the engine: after the checks)."""
+    for name, value in vars(args).items():
+        if isinstance(value, EngineDefault):
+            setattr(args, name, value.value())
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = Progress(getattr(args, "progress", "bar"))
@@ -172,10 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                     if isinstance(text, str):
                         require_utf8(text)
             preflight(args)
-            for name, value in vars(args).items():
-                if isinstance(value, EngineDefault):
-                    setattr(args, name, value.value())
-            return args.run(args, progress)
+            return args.run(resolve_engine_defaults(args), progress)
     except UserError as exc:
         return _fail(progress, str(exc), 2)
     except Interrupted as exc:
