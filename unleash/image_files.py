@@ -26,6 +26,12 @@ _LAYOUTS = {348: {"dim": (40, "8h"), "bitpix": (72, "h"), "pixdim": (76, "8f"), 
 ORTHONORMAL_TOLERANCE = 1e-4  # on the entries of R^T R - I; float32 headers hold a rotation to ~1e-7
 
 
+def is_rotation(matrix) -> bool:
+    """A finite 3x3 matrix with orthonormal axes (a rotation, or a rotation with a flip)."""
+    r = np.asarray(matrix, np.float64).reshape(3, 3)
+    return bool(np.all(np.isfinite(r)) and np.abs(r.T @ r - np.eye(3)).max() < ORTHONORMAL_TOLERANCE)
+
+
 def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith((".nii", ".nii.gz"))
 
@@ -66,8 +72,7 @@ def _check_nifti(path: Path) -> None:
         axes = np.asarray(header["srow"], np.float64).reshape(3, 4)[:, :3]
         norms = np.linalg.norm(axes, axis=0)
         rotation = axes / np.where(norms > 0, norms, 1)
-        if not (np.all(np.isfinite(axes)) and np.all(norms > 0)
-                and np.abs(rotation.T @ rotation - np.eye(3)).max() < ORTHONORMAL_TOLERANCE):
+        if not (np.all(norms > 0) and is_rotation(rotation)):
             raise UserError(f"{path}: its sform is not a rotation with voxel sizes (it shears or skews the grid, or "
                             f"is degenerate); resample the scan onto an orthogonal grid first")
 
