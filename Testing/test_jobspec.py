@@ -91,16 +91,18 @@ def test_the_engine_options_dataclasses_use_the_option_names():
     """cli.py fills RegisterOptions, SampleOptions and TrainOptions by name from the parsed options."""
     from unleash.pipeline import RegisterOptions
     from unleash.sample import SampleOptions
-    from unleash.train.run import TrainOptions
+    from unleash.train.runconfig import TrainOptions
 
     for options_class, job in ((RegisterOptions, "register"), (SampleOptions, "sample"), (TrainOptions, "train")):
         assert {f.name for f in fields(options_class)} <= {o.dest for o in JOBS[job].options}
 
 
 def test_the_trained_kinds_and_their_defaults_are_the_trainers():
-    from unleash.train.run import KINDS, default_config
+    from unleash.train.run import TRAINERS
+    from unleash.train.runconfig import default_config
+    from unleash.train.settings import TASKS
 
-    assert tuple(KINDS) == TRAIN_KINDS == tuple(TRAINING_DEFAULTS)
+    assert tuple(TRAINERS) == tuple(TASKS) == TRAIN_KINDS == tuple(TRAINING_DEFAULTS)
     for kind in TRAIN_KINDS:
         training = default_config(kind)["training"]
         assert {key: training[key] for key in TRAINING_DEFAULTS[kind]} == TRAINING_DEFAULTS[kind]

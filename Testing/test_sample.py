@@ -19,12 +19,13 @@ from test_cli import assert_one_clear_line, run_cli
 from test_denoiser import TINY_DENOISER, TINY_VQAE
 
 import unleash.sample
-from unleash.checkpoints import DEFAULTS, load_model, read_metadata, save_model
+from unleash.checkpoints import DEFAULTS, load_model, save_model
 from unleash.cli import build_parser
 from unleash.datasets import find_pairs
 from unleash.encode import occupancy_ijk, token_volume_grid
 from unleash.geometry import read_volume
 from unleash.jobs import parse_event, sample_command
+from unleash.modelfile import read_metadata
 from unleash.models.sampler import Sampler, SamplerConfig
 from unleash.models.vqae import VQAEConfig, VQAutoEncoder
 from unleash.output_folder import MARKER

@@ -29,11 +29,11 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from unleash.checkpoints import DEFAULTS, read_metadata  # noqa: E402
 from unleash.datasets import find_pairs  # noqa: E402
 from unleash.encode import token_volume_grid  # noqa: E402
 from unleash.geometry import read_volume, resample  # noqa: E402
 from unleash.jobs import sample_command  # noqa: E402
+from unleash.modelfile import DEFAULTS, read_metadata  # noqa: E402
 from unleash.models.vqae import VQAEConfig  # noqa: E402
 
 DATA = Path(os.environ.get("UNLEASH_DATA", REPO.parent / "shared" / "data"))

@@ -15,22 +15,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import UserError
-from .modelfile import FORMAT, FORMAT_VERSION, model_metadata, require_kind
-from .models.denoiser import Denoiser, DenoiserConfig
-from .models.registration import RegistrationConfig, TwoStepRegistration
-from .models.sampler import Sampler, SamplerConfig
-from .models.vqae import VQAEConfig, VQAutoEncoder
-from .paths import require_utf8
+from .modelfile import DEFAULTS, FORMAT, FORMAT_VERSION, check_model_file
+from .models.denoiser import Denoiser
+from .models.registration import TwoStepRegistration
+from .models.sampler import Sampler
+from .models.vqae import VQAutoEncoder
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULTS = {"registration": WEIGHTS_DIR / "registration_default.safetensors",
-            "sampler": WEIGHTS_DIR / "sampler_default.safetensors"}
-
-# kind -> (config class, network class); the only place that knows which network a kind is.
-KINDS = {"registration": (RegistrationConfig, TwoStepRegistration),
-         "vqae": (VQAEConfig, VQAutoEncoder),
-         "denoiser": (DenoiserConfig, Denoiser),
-         "sampler": (SamplerConfig, Sampler)}
+# kind -> network class (its config class: models.config.CONFIGS); the only place that knows which network a kind is.
+NETWORKS = {"registration": TwoStepRegistration, "vqae": VQAutoEncoder, "denoiser": Denoiser, "sampler": Sampler}
 
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, config, card: dict) -> Path:
@@ -66,36 +58,18 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     return path
 
 
-def read_metadata(path: str | os.PathLike) -> dict:
-    """The config and card of a model file, without building the network."""
-    path = Path(require_utf8(path))
-    if not path.is_file():
-        raise UserError(f"{path}: no such model file")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable unleash model file ({exc})") from None
-    return model_metadata(metadata, path)
-
-
 def load_model(path: str | os.PathLike | None, kind: str, device: torch.device | str = "cpu"):
-    """(network in eval mode, config, card) of a model file of `kind`; None means the shipped default."""
+    """(network in eval mode, config, card) of a model file of `kind`; None means the shipped default.
+    Everything but whether the weights fit the network is checked before it is built (check_model_file)."""
     path = Path(path) if path is not None else DEFAULTS[kind]
-    meta = read_metadata(path)
-    require_kind(meta, path, kind)
-    config_class, network_class = KINDS[kind]
+    meta, config = check_model_file(path, kind)
     try:
-        config = config_class.from_dict(meta["config"])
-        network = network_class(config)
+        network = NETWORKS[kind](config)
         with safe_open(str(path), framework="pt") as handle:
             state = {name: handle.get_tensor(name) for name in handle.keys()}
         network.load_state_dict(state, strict=True)
     except (ValueError, TypeError, RuntimeError, SafetensorError) as exc:
         raise UserError(f"{path}: damaged or incompatible {kind} model ({str(exc).splitlines()[0][:160]})") from None
-    broken = nonfinite(state)
-    if broken:
-        raise UserError(f"{path}: the weights hold NaN or infinite values ({broken[0]}): a damaged or diverged model")
     return network.to(device).eval(), config, meta["card"]
 
 

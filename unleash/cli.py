@@ -6,13 +6,12 @@ import json
 import os
 import sys
 import traceback
-from dataclasses import fields
 
 from .errors import UserError
 from .jobs import Interrupted, Progress, signals_interrupt
 from .jobspec import JOBS, EngineDefault, Job
 from .paths import require_utf8
-from .preflight import preflight
+from .preflight import engine_options, preflight
 
 
 def add_job_parser(commands, job: Job):
@@ -37,15 +36,10 @@ def add_job_parser(commands, job: Job):
     return parser
 
 
-def _options(options_class, args):
-    """An engine options dataclass from the parsed arguments of the same names."""
-    return options_class(**{f.name: getattr(args, f.name) for f in fields(options_class) if hasattr(args, f.name)})
-
-
 def _register_options(args):
     from .pipeline import RegisterOptions
 
-    return _options(RegisterOptions, args)
+    return engine_options(RegisterOptions, args)
 
 
 def cmd_register(args, progress: Progress) -> int:
@@ -91,7 +85,7 @@ def cmd_demo(args, progress: Progress) -> int:
 
 
 def cmd_models(args, progress: Progress) -> int:
-    from .checkpoints import DEFAULTS, read_metadata
+    from .modelfile import DEFAULTS, read_metadata
 
     paths = args.paths or [str(p) for p in DEFAULTS.values() if p.is_file()]
     for path in paths:
@@ -103,7 +97,7 @@ def cmd_models(args, progress: Progress) -> int:
 def cmd_sample(args, progress: Progress) -> int:
     from .sample import SampleOptions, sample_files
 
-    report = sample_files(args.count, args.output, _options(SampleOptions, args), progress, args.overwrite)
+    report = sample_files(args.count, args.output, engine_options(SampleOptions, args), progress, args.overwrite)
     progress.result(**report)
     if progress.mode != "json":
         print(f"wrote {report['count']} pairs to {report['output']}/ in {report['seconds']['total']:.1f} s "
@@ -124,8 +118,7 @@ def cmd_encode(args, progress: Progress) -> int:
 def cmd_train(args, progress: Progress) -> int:
     from .train.run import TrainOptions, train_command
 
-    args.data, args.validation = args.data or [], args.validation or []
-    summary = train_command(_options(TrainOptions, args), progress)
+    summary = train_command(engine_options(TrainOptions, args), progress)
     if summary.pop("rank"):
         return 0  # the other processes of a torchrun job: rank 0 reports
     if summary["stopped"]:

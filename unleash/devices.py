@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 
 from .errors import UserError
-from .jobspec import DEVICE_HELP
+from .preflight import NO_CUDA, NO_MPS, check_device
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    name = (name or "auto").strip().lower()
+    name = check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -19,19 +19,14 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "mps":
         if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise UserError("device 'mps' was asked for, but Apple's Metal backend is not available here")
+            raise UserError(NO_MPS)
         return torch.device("mps")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise UserError(f"device '{name}' was asked for, but CUDA is not available on this machine (use --device cpu)")
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise UserError(f"'{name}' is not a device name (use {DEVICE_HELP})") from None
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"device '{name}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        return device
-    raise UserError(f"'{name}' is not a device name (use {DEVICE_HELP})")
+    if not torch.cuda.is_available():  # cuda or cuda:N (check_device)
+        raise UserError(NO_CUDA.format(name))
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device '{name}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def list_devices() -> list[dict]:

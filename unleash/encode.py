@@ -22,12 +22,13 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoints import load_model, model_id, read_metadata
+from .checkpoints import load_model, model_id
 from .datasets import find_pairs
 from .devices import describe, resolve_device
 from .errors import UserError
 from .geometry import Grid, Volume, network_grid, read_volume, resample
 from .jobs import Progress
+from .modelfile import read_metadata
 from .models.vqae import VQAEConfig, VQAutoEncoder
 from .output_folder import atomic_output_dir, check_output_dir
 from .sample import require_monai

@@ -29,7 +29,7 @@ except ImportError:  # optional: SimpleITK's zlib writes the same files, slower
     igzip = None
 
 from .errors import UserError
-from .image_files import check_nifti, is_nifti, is_rotation
+from .image_files import check_nifti, file_key, is_nifti, is_rotation
 from .paths import require_utf8
 
 # ITK's warnings are raw multi-line text on stderr; what they warn of is checked and said here
@@ -128,14 +128,25 @@ def check_image_file(path: str | os.PathLike) -> Grid:
     return grid
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
-    """Read a scalar 3D image (NIfTI, NRRD, MetaImage) with its geometry; bad files raise UserError."""
+_read_ahead: dict[tuple, Volume] = {}  # volumes that the checks before the work read, for the work's read
+
+
+def read_volume(path: str | os.PathLike, keep: bool = False) -> Volume:
+    """Read a scalar 3D image (NIfTI, NRRD, MetaImage) with its geometry; bad files raise UserError.
+    `keep`: the next read of the same unchanged file in this process takes this volume instead of
+    reading it again (the CLI checks the voxel values before it imports the engine)."""
     check_image_file(path)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise UserError(f"{path}: cannot be read as an image ({_last_line(exc)})") from None
-    return Volume.from_sitk(image)
+    key = file_key(Path(path))
+    volume = _read_ahead.pop(key, None)
+    if volume is None:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise UserError(f"{path}: cannot be read as an image ({_last_line(exc)})") from None
+        volume = Volume.from_sitk(image)
+    if keep:
+        _read_ahead[key] = volume
+    return volume
 
 
 def _last_line(exc: Exception) -> str:

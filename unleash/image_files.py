@@ -36,14 +36,19 @@ def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith((".nii", ".nii.gz"))
 
 
-_checked: set[tuple] = set()  # files found whole (path, inode, size, mtime): checked before any work, then read
+def file_key(path: Path) -> tuple:
+    """(path, inode, size, mtime): what tells that a file read before is still the same file."""
+    status = path.stat()
+    return str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns
+
+
+_checked: set[tuple] = set()  # files found whole: checked before any work, then read
 
 
 def check_nifti(path: Path) -> None:
     """Refuse a NIfTI file whose voxel data are incomplete or damaged, whose voxel sizes are not
     positive numbers, or whose sform is not a rotation with voxel sizes."""
-    status = path.stat()
-    key = (str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns)
+    key = file_key(path)
     if key in _checked:
         return
     _check_nifti(path)

@@ -1,9 +1,10 @@
-"""A model file's config and card, and the model files of run folders, read without torch.
+"""A model file's config and card, its weights' check, and the model files of run folders, all
+without torch.
 
-A model file is safetensors: 8 bytes of header length (little endian), a JSON header whose
-`__metadata__` holds string entries (format, format_version, config, card as JSON), then the raw
-tensors. checkpoints.py writes and loads the weights; this file is all that the Slicer modules need to
-list and tell apart model files, so it imports only the standard library.
+A model file is safetensors (tensorfile.py) whose `__metadata__` holds string entries (format,
+format_version, config, card as JSON). checkpoints.py writes the weights and builds the network;
+everything that can be checked without building it is checked here, before torch is imported, and
+this is all that the Slicer modules need to list and tell apart model files.
 """
 from __future__ import annotations
 
@@ -13,11 +14,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import UserError
+from .models.config import CONFIGS
+from .paths import require_utf8
+from .tensorfile import Header, nonfinite, read_header
 
 FORMAT = "unleash-model"
 FORMAT_VERSION = "1"
 SUFFIX = ".safetensors"
-MAX_HEADER_BYTES = 1 << 24
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULTS = {"registration": WEIGHTS_DIR / "registration_default.safetensors",
+            "sampler": WEIGHTS_DIR / "sampler_default.safetensors"}
 
 
 def model_metadata(metadata: dict[str, str], path: str | os.PathLike) -> dict:
@@ -33,32 +39,40 @@ def model_metadata(metadata: dict[str, str], path: str | os.PathLike) -> dict:
     return meta
 
 
-def header_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The safetensors `__metadata__` of `path`, from its header alone (the tensors are not read)."""
-    with open(path, "rb") as handle:
-        length = int.from_bytes(handle.read(8), "little")
-        if not 0 < length < MAX_HEADER_BYTES:
-            raise ValueError("no safetensors header")
-        header = json.loads(handle.read(length))
-    if not isinstance(header, dict):
-        raise ValueError("the safetensors header is not a JSON object")
-    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"
-            and isinstance(entry, dict) and isinstance(entry.get("data_offsets"), list) and entry["data_offsets"]]
-    if 8 + length + max(ends, default=0) > os.path.getsize(path):
-        raise ValueError("the file is shorter than its header says (truncated)")
-    return header.get("__metadata__") or {}
-
-
-def check_model_file(path: str | os.PathLike, *kinds: str) -> dict:
-    """{"config", "card"} of a model file of one of `kinds`, from its header alone; UserError otherwise."""
-    if not Path(path).is_file():
+def _header(path: str | os.PathLike) -> Header:
+    path = Path(require_utf8(path))
+    if not path.is_file():
         raise UserError(f"{path}: no such model file")
     try:
-        meta = model_metadata(header_metadata(path), path)
+        return read_header(path)
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: not a readable unleash model file ({exc})") from None
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """{"config", "card"} of a model file, from its header alone; UserError when it is not one."""
+    return model_metadata(_header(path).metadata, path)
+
+
+def check_model_file(path: str | os.PathLike, *kinds: str):
+    """(meta {"config", "card"}, config dataclass) of a model file of one of `kinds`, with its config
+    checked strictly and its weights finite; UserError otherwise. Whether the weights fit the network
+    is known only once it is built (checkpoints.load_model)."""
+    header = _header(path)
+    meta = model_metadata(header.metadata, path)
     require_kind(meta, path, *kinds)
-    return meta
+    kind = meta["config"]["kind"]
+    try:
+        config = CONFIGS[kind].from_dict(meta["config"])
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path}: damaged or incompatible {kind} model ({str(exc).splitlines()[0][:160]})") from None
+    try:
+        broken = nonfinite(path, header)
+    except OSError as exc:
+        raise UserError(f"{path}: not a readable unleash model file ({exc})") from None
+    if broken:
+        raise UserError(f"{path}: the weights hold NaN or infinite values ({broken[0]}): a damaged or diverged model")
+    return meta, config
 
 
 def require_kind(meta: dict, path, *kinds: str) -> None:
@@ -70,7 +84,7 @@ def require_kind(meta: dict, path, *kinds: str) -> None:
 def model_kind(path: str | os.PathLike) -> str | None:
     """'registration', 'sampler', ... of a model file; None for anything that is not a readable model file."""
     try:
-        return model_metadata(header_metadata(path), path)["config"].get("kind")
+        return model_metadata(read_header(path).metadata, path)["config"].get("kind")
     except (OSError, ValueError, UserError, AttributeError):
         return None
 

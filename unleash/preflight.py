@@ -1,23 +1,66 @@
 """What the CLI checks of a command's inputs and outputs before it imports the engine (torch and
 the models take seconds to import): bad input is refused at once, in well under 2 s. Nothing here
 imports torch. The engine functions run the same checks again for callers from Python; a file
-that was verified once is not read again for it (image_files)."""
+that was verified once is not read again for it (image_files, geometry.read_volume)."""
 from __future__ import annotations
 
+import re
+import sys
+from dataclasses import fields
+from pathlib import Path
+
 from .datasets import find_pairs, read_landmarks
-from .geometry import check_image_file, check_overlap
+from .errors import UserError
+from .geometry import check_image_file, check_overlap, read_volume
+from .input_kind import check_voxel_values, detect_input_kind
+from .jobspec import DEVICE_HELP
 from .modelfile import check_model_file
 from .output_folder import check_output_dir
 
 # the model file kinds that a command's --model takes
 MODEL_KINDS = {"register": ("registration",), "evaluate": ("registration",), "demo": ("registration",),
                "sample": ("sampler",), "encode": ("vqae", "sampler")}
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+NO_CUDA = "device '{}' was asked for, but CUDA is not available on this machine (use --device cpu)"
+NO_MPS = "device 'mps' was asked for, but Apple's Metal backend is not available here"
+# Linux: one of these exists wherever a CUDA (or ROCm) driver is loaded, also in containers and WSL2
+GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+
+
+def engine_options(options_class, args):
+    """An engine options dataclass from the parsed arguments of the same names."""
+    return options_class(**{f.name: getattr(args, f.name) for f in fields(options_class) if hasattr(args, f.name)})
+
+
+def check_device(name: str | None) -> str:
+    """The --device name, normalised; UserError for a name that is no device and for a GPU that this
+    machine cannot have. Whether the driver sees the GPU is left to torch (devices.resolve_device)."""
+    name = (name or "auto").strip().lower()
+    if not DEVICE_NAME.fullmatch(name):
+        raise UserError(f"'{name}' is not a device name (use {DEVICE_HELP})")
+    if name == "mps" and sys.platform != "darwin":
+        raise UserError(NO_MPS)
+    if name.startswith("cuda") and sys.platform.startswith("linux") and not any(map(Path.exists, map(Path, GPU_DRIVER_FILES))):
+        raise UserError(NO_CUDA.format(name))
+    return name
+
+
+def check_voxels(path: str, inputs: str) -> None:
+    """The scan's voxel values are finite, not constant and (with --inputs auto) a vessel mask's or a CT's;
+    the volume is kept for the registration's read."""
+    volume = read_volume(path, keep=True)
+    try:
+        detect_input_kind(volume) if inputs == "auto" else check_voxel_values(volume)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
 
 
 def preflight(args) -> None:
     """Check the parsed arguments of a command (argparse's namespace) before its work starts."""
     given = vars(args)
     command = given.get("command")
+    if "device" in given:
+        check_device(args.device)
     if given.get("model") and command in MODEL_KINDS:
         check_model_file(args.model, *MODEL_KINDS[command])
     if command == "register":
@@ -26,6 +69,8 @@ def preflight(args) -> None:
         check_overlap(fixed, moving, args.fixed, args.moving)
         if args.landmarks:
             read_landmarks(args.landmarks, fixed, moving)
+        check_voxels(args.fixed, args.inputs)
+        check_voxels(args.moving, args.inputs)
     elif command == "evaluate":
         find_pairs(args.folder, args.landmarks_folder, args.limit)
         check_output_dir(args.output, args.overwrite, [args.folder, args.landmarks_folder, args.model])
@@ -35,12 +80,6 @@ def preflight(args) -> None:
         find_pairs(args.folder)
         check_output_dir(args.output, args.overwrite, [args.folder, args.model])
     elif command == "train":
-        from .train.rundir import check_new_run_dir, read_run_config
-        from .train.settings import read_config_file
+        from .train.runconfig import TrainOptions, check_run
 
-        if args.resume:
-            read_run_config(args.resume)
-        elif args.out:
-            check_new_run_dir(args.out)
-        if args.config:
-            read_config_file(args.config)
+        check_run(engine_options(TrainOptions, args))

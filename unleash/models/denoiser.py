@@ -10,51 +10,11 @@ out of 24 GB at batch 1 (measured). Attention weights are therefore never droppe
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import MAX_CODES, check_grid, from_dict_strict, require
-
-
-@dataclass
-class DenoiserConfig:
-    kind: str = "denoiser"
-    codebook_size: int = 1024  # vocabulary = codes + the mask id
-    token_shape_ijk: list[int] = field(default_factory=lambda: [16, 13, 16])
-    layers: int = 12
-    width: int = 512
-    heads: int = 16
-    feed_forward: int = 1024
-    dropout: float = 0.1  # residual and feed-forward dropout while training, as nn.TransformerEncoderLayer
-
-    def __post_init__(self):
-        require(min(self.layers, self.width, self.heads, self.feed_forward) > 0,
-                "denoiser.layers, width, heads and feed_forward must be above 0")
-        require(1 < self.codebook_size <= MAX_CODES,
-                f"denoiser.codebook_size must lie in 2..{MAX_CODES} (got {self.codebook_size})")
-        check_grid(self.token_shape_ijk, "denoiser.token_shape_ijk")
-        require(self.dropout < 1, f"denoiser.dropout must lie in [0, 1) (got {self.dropout})")
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by {self.heads} heads")
-
-    @property
-    def mask_id(self) -> int:
-        return self.codebook_size
-
-    @property
-    def tokens(self) -> int:
-        return math.prod(self.token_shape_ijk)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(values: dict) -> DenoiserConfig:
-        return from_dict_strict(DenoiserConfig, values, "denoiser")
+from .config import DenoiserConfig
 
 
 class SelfAttention(nn.Module):

@@ -13,49 +13,11 @@ Tensors: images (N, 1, D, H, W) on the network lattice; displacements (N, 3, D, 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 from torch import nn
 
 from .. import fields
-from .config import check_grid, from_dict_strict, require
-
-MAX_SQUARING_STEPS = 16  # exp(v) as 2^16 compositions: far past where the field stops changing
-
-
-@dataclass
-class RegistrationConfig:
-    kind: str = "registration"
-    shape_xyz: list[int] = field(default_factory=lambda: [153, 113, 161])  # work grid, voxels
-    spacing_mm: float = 2.0  # work grid spacing; 1 mm inputs are averaged onto it
-    lattice_mm: float = 4.0  # where the networks see the images and warp them
-    # The networks predict velocities at twice the lattice spacing: the velocity is smooth, the
-    # first convolution strides by 2, and scaling and squaring there costs 1/8 as much.
-    channels: list[int] = field(default_factory=lambda: [16, 32, 32, 64])
-    squaring_steps: int = 5
-
-    def __post_init__(self):
-        check_grid(self.shape_xyz, "registration.shape_xyz", smallest=8)
-        require(self.spacing_mm > 0 and self.lattice_mm > 0,
-                f"registration.spacing_mm and lattice_mm must be above 0 (got {self.spacing_mm}, {self.lattice_mm})")
-        lattice = [round((n - 1) * self.spacing_mm / self.lattice_mm) + 1 for n in self.shape_xyz]
-        check_grid(lattice, "registration lattice (shape_xyz at lattice_mm)", smallest=2)
-        require(len(self.channels) > 0 and min(self.channels) > 0,
-                f"registration.channels must be one or more positive sizes (got {self.channels})")
-        require(self.squaring_steps <= MAX_SQUARING_STEPS,
-                f"registration.squaring_steps must be at most {MAX_SQUARING_STEPS} (got {self.squaring_steps})")
-
-    @property
-    def velocity_mm(self) -> float:
-        return 2 * self.lattice_mm
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(values: dict) -> RegistrationConfig:
-        return from_dict_strict(RegistrationConfig, values, "registration")
+from .config import RegistrationConfig
 
 
 def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:

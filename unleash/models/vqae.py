@@ -10,55 +10,13 @@ The engine's Volume arrays are [k, j, i]; callers transpose (see sample.py and e
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import MAX_CODES, check_grid, from_dict_strict, require
+from .config import VQAEConfig
 
 COMMITMENT = 0.25  # beta of the VQ loss (van den Oord et al.; the paper's value)
-
-
-@dataclass
-class VQAEConfig:
-    kind: str = "vqae"
-    channels: list[int] = field(default_factory=lambda: [48, 48, 64, 64, 128, 192, 256, 384])
-    strides: list[int] = field(default_factory=lambda: [1, 2, 1, 2, 1, 2, 1, 2])
-    codebook_size: int = 1024  # the code vectors have channels[-1] (384) dimensions
-    volume_shape_ijk: list[int] = field(default_factory=lambda: [256, 208, 256])
-    spacing_mm: float = 1.0
-    # False: only the codebook and decoder were trained, to decode given tokens (e.g. the paper's token
-    # files); such a model samples and decodes, but cannot encode
-    encoder: bool = True
-
-    def __post_init__(self):
-        require(len(self.channels) > 0 and min(self.channels) > 0 and min(self.strides, default=1) > 0,
-                f"vqae.channels and strides must be positive sizes (got {self.channels}, {self.strides})")
-        require(1 < self.codebook_size <= MAX_CODES, f"vqae.codebook_size must lie in 2..{MAX_CODES} (got {self.codebook_size})")
-        check_grid(self.volume_shape_ijk, "vqae.volume_shape_ijk")
-        require(self.spacing_mm > 0, f"vqae.spacing_mm must be above 0 (got {self.spacing_mm})")
-        if len(self.channels) != len(self.strides):
-            raise ValueError("the VQ-AE needs one stride per channel entry")
-        if any(n % self.downsampling for n in self.volume_shape_ijk):
-            raise ValueError(f"volume shape {self.volume_shape_ijk} is not divisible by {self.downsampling}")
-
-    @property
-    def downsampling(self) -> int:
-        return math.prod(self.strides)
-
-    @property
-    def token_shape_ijk(self) -> list[int]:
-        return [n // self.downsampling for n in self.volume_shape_ijk]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(values: dict) -> VQAEConfig:
-        return from_dict_strict(VQAEConfig, values, "vqae")
 
 
 class VQAutoEncoder(nn.Module):

@@ -6,29 +6,15 @@ mask shares and fixed masks, so that values are comparable between steps and run
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..jobs import Progress
-from ..models.config import require
 from ..models.denoiser import Denoiser, DenoiserConfig
 from .data import Mixture, Source, read_token_grids
 from .previews import token_panels_png
-
-
-@dataclass
-class DenoiserTask:
-    """Masking and validation (`task` in a run config)."""
-
-    held_out_grids: int = 4  # without --val: the last grids of the first token file validate
-    validation_mask_shares: list[float] = field(default_factory=lambda: [0.15, 0.35, 0.55, 0.75, 0.95])
-
-    def __post_init__(self):
-        require(len(self.validation_mask_shares) > 0 and all(0 < s <= 1 for s in self.validation_mask_shares),
-                f"task.validation_mask_shares are shares in (0, 1] (got {self.validation_mask_shares})")
+from .settings import DenoiserTask
 
 
 def masked(tokens: torch.Tensor, share: float, rng: np.random.Generator, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:

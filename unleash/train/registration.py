@@ -10,7 +10,6 @@ large, varied misalignments to the few real pairs. Validation: the network's lan
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,26 +19,12 @@ import torch
 from .. import fields, workgrid
 from ..jobs import Progress
 from ..losses import gaussian_blur, occupancy_mse
-from ..models.config import require
 from ..models.registration import RegistrationConfig, TwoStepRegistration
 from ..outputs import landmark_errors_mm
 from ..register import PreparedPair, network_fields, prepare_pair
 from .data import Mixture, Source, pair_files, read_pair
 from .previews import coronal_projection, pair_panels_png
-
-
-@dataclass
-class RegistrationTask:
-    """The registration loss and augmentation (`task` in a run config)."""
-
-    regularisation: float = 1.0
-    blur_lattice_vox: list[float] = field(default_factory=lambda: [2.0, 1.0])
-    rotation_deg: float = 6.0
-    scaling: float = 0.06
-    translation_mm: float = 8.0
-
-    def __post_init__(self):
-        require(self.scaling < 1, f"task.scaling is a share below 1 (got {self.scaling})")
+from .settings import RegistrationTask
 
 
 # the `training` defaults of a registration run: what the shipped model was trained with

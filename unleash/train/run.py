@@ -7,177 +7,56 @@ import datetime
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from .. import __version__
-from ..checkpoints import KINDS as MODEL_KINDS
-from ..checkpoints import load_model, read_metadata, save_model
+from ..checkpoints import NETWORKS, load_model, save_model
 from ..devices import describe
 from ..errors import UserError
 from ..jobs import Progress
-from ..jobspec import DEFAULT_DEVICE, TRAINING_DEFAULTS
-from ..models.denoiser import DenoiserConfig
-from ..models.registration import RegistrationConfig
-from ..models.sampler import Sampler, SamplerConfig
-from ..models.vqae import VQAEConfig
+from ..modelfile import read_metadata
+from ..models.sampler import Sampler
 from . import denoiser, distributed, registration, vqae
-from .data import Source, parse_source
+from .data import Source
 from .loop import StopRequest, train
-from .rundir import RunFolder, check_new_run_dir, kept_metrics, read_run_config
-from .settings import TrainingSettings, dataclass_from, merged, read_config_file
+from .runconfig import TrainOptions, check_run
+from .rundir import RunFolder
 from .state import check_fits, load_state
 
-# kind -> (model config, task settings, trainer); the kind's `training` defaults are jobspec.TRAINING_DEFAULTS
-KINDS = {"registration": (RegistrationConfig, registration.RegistrationTask, registration.RegistrationTrainer),
-         "vqae": (VQAEConfig, vqae.VQAETask, vqae.VQAETrainer),
-         "denoiser": (DenoiserConfig, denoiser.DenoiserTask, denoiser.DenoiserTrainer)}
-
-
-@dataclass
-class TrainOptions:
-    kind: str
-    data: list[str] = field(default_factory=list)
-    validation: list[str] = field(default_factory=list)
-    out: str | None = None
-    resume: str | None = None
-    config: str | None = None
-    iterations: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None
-    seed: int | None = None
-    device: str = DEFAULT_DEVICE
-    vqae: str | None = None  # denoiser only: the VQ-AE whose tokens it learns; the result is then a sampler
-    tokens: str | None = None  # vqae only: train a decoder for these given tokens (task.token_file)
-    init: str | None = None  # a model file of this kind to start from (fine-tuning): its weights and model config
-
-
-def default_config(kind: str) -> dict:
-    config_class, task_class, _ = KINDS[kind]
-    return {"kind": kind, "model": config_class().to_dict(), "training": asdict(TrainingSettings(**TRAINING_DEFAULTS[kind])),
-            "task": asdict(task_class())}
-
-
-def new_run_config(options: TrainOptions, init_config=None) -> dict:
-    """Defaults < --config FILE < command-line options (checked by parse_config before anything is written).
-    `init_config`: the model config of the --init file, which fixes the model."""
-    config = default_config(options.kind)
-    if options.config:
-        values = read_config_file(options.config)
-        if values.get("kind", options.kind) != options.kind:
-            raise UserError(f"{options.config}: is a config for {values['kind']!r}, not for {options.kind!r}")
-        if options.init and "model" in values:
-            raise UserError(f"{options.config}: has a model section, but --init fixes the model (its file's config)")
-        config = merged(config, values)
-    if init_config is not None:
-        config["model"] = init_config.to_dict()
-        config["init"] = str(Path(options.init).resolve())
-    overrides = {"iterations": options.iterations, "batch_size": options.batch_size,
-                 "learning_rate": options.learning_rate, "seed": options.seed}
-    config["training"].update({key: value for key, value in overrides.items() if value is not None})
-    if not options.data:
-        raise UserError("no training data: give --data DIR (or DIR:WEIGHT, several times to mix sources)")
-    config["data"] = [parse_source(text).to_json() for text in options.data]
-    config["validation"] = [parse_source(text).to_json() for text in options.validation]
-    if options.tokens:
-        if options.kind != "vqae":
-            raise UserError("--tokens belongs to VQ-AE training (a decoder for given tokens)")
-        config["task"]["token_file"] = str(Path(options.tokens).resolve())
-        config["model"]["encoder"] = False
-    if options.vqae:
-        if options.kind != "denoiser":
-            raise UserError("--vqae belongs to denoiser training (the VQ-AE whose tokens the denoiser learns)")
-        config["vqae"] = str(Path(options.vqae).resolve())
-    return config
-
-
-def parse_config(config: dict):
-    """(model config, training settings, task settings) of a run config, checked strictly."""
-    config_class, task_class, _ = KINDS[config["kind"]]
-    try:
-        model_config = config_class.from_dict(config["model"])
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"model config: {exc}") from None
-    return (model_config, dataclass_from(TrainingSettings, config["training"], "training"),
-            dataclass_from(task_class, config["task"], "task"))
+# kind -> its trainer (its configs: runconfig.default_config)
+TRAINERS = {"registration": registration.RegistrationTrainer, "vqae": vqae.VQAETrainer, "denoiser": denoiser.DenoiserTrainer}
 
 
 def _initial(path: str, kind: str):
-    """(network, model config) of the model file a run starts from; a file of another kind is refused,
-    but a sampler file gives its denoiser or its VQ-autoencoder."""
+    """The network of the model file a run starts from (checked by runconfig.init_model_config); a
+    sampler file gives its denoiser or its VQ-autoencoder."""
     if kind in ("denoiser", "vqae") and read_metadata(path)["config"].get("kind") == "sampler":
-        part = getattr(load_model(path, "sampler")[0], kind)
-        return part, part.config
-    network, model_config, _ = load_model(path, kind)
-    return network, model_config
+        return getattr(load_model(path, "sampler")[0], kind)
+    return load_model(path, kind)[0]
 
 
 def _sources(config: dict, key: str) -> list[Source]:
     return [Source(Path(entry["path"]), entry["weight"]) for entry in config.get(key, [])]
 
 
-def _resume_config(options: TrainOptions) -> dict:
-    given = [flag for flag, value in (("--data", options.data), ("--val", options.validation), ("--config", options.config),
-                                      ("--batch-size", options.batch_size), ("--lr", options.learning_rate),
-                                      ("--seed", options.seed), ("--vqae", options.vqae), ("--tokens", options.tokens),
-                                      ("--init", options.init), ("--out", options.out)) if value]
-    if given:
-        raise UserError(f"a resumed run keeps the settings in its config.json; drop {', '.join(given)} "
-                        f"(only --iterations, --device and --progress may change)")
-    config = read_run_config(options.resume)
-    if config.get("kind") != options.kind:
-        raise UserError(f"{options.resume}: is a {config.get('kind')!r} run, not a {options.kind!r} run")
-    if options.iterations is not None:
-        config["training"]["iterations"] = options.iterations
-    return config
-
-
-def _sampler_vqae(config: dict):
-    """The VQ-AE named by a denoiser run (a 'vqae' or 'sampler' model file), checked against the denoiser."""
-    path = config.get("vqae")
-    if not path:
-        return None
-    kind = read_metadata(path)["config"].get("kind")
-    network = load_model(path, "sampler")[0].vqae if kind == "sampler" else load_model(path, "vqae")[0]
-    try:
-        SamplerConfig(vqae=network.config, denoiser=DenoiserConfig.from_dict(config["model"]))
-    except ValueError as exc:
-        raise UserError(f"{path}: does not fit this denoiser: {exc}") from None
-    return network
-
-
 def train_command(options: TrainOptions, progress: Progress, argv: list[str] | None = None) -> dict:
     """Run (or resume) a training job; returns the `result` (or `stopped`) summary."""
     started = time.time()
-    initial = None  # (network, model config) of the --init file; a resumed run's checkpoint holds its weights
-    if options.resume:
-        config = _resume_config(options)
-        folder_path = Path(options.resume)
-        last_state = RunFolder(folder_path).last_state
-        if last_state.is_file():
-            resume = load_state(last_state, options.kind)
-        else:  # stopped before its first checkpoint (e.g. killed): the run starts again from step 0
-            resume = None
-            progress.log(f"{folder_path}: no checkpoint yet; the run starts again from step 0")
-            initial = _initial(config["init"], options.kind) if config.get("init") else None
-        if resume is not None and options.iterations is not None and options.iterations <= resume.step:
-            raise UserError(f"{folder_path}: the run is at step {resume.step} already; give --iterations above it")
-    else:
-        if not options.out:
-            raise UserError("give --out RUNDIR for a new run, or --resume RUNDIR to continue one")
-        initial = _initial(options.init, options.kind) if options.init else None
-        config = new_run_config(options, initial[1] if initial else None)
-        folder_path = check_new_run_dir(options.out)
-        resume = None
-    model_config, settings, task_settings = parse_config(config)
-    kept = []
-    if resume is not None:  # everything a resume reads is checked before any work and before config.json is rewritten
-        with torch.device("meta"):  # shapes only
-            check_fits(resume, MODEL_KINDS[options.kind][1](model_config), RunFolder(folder_path).last_state)
-        kept = kept_metrics(RunFolder(folder_path).metrics_path, resume.step)
-    sampler_vqae = _sampler_vqae(config)
+    checked = check_run(options)
+    config, folder_path, model_config, settings = checked.config, checked.folder, checked.model_config, checked.settings
+    if options.resume and checked.resume is None:  # stopped before its first checkpoint (e.g. killed)
+        progress.log(f"{folder_path}: no checkpoint yet; the run starts again from step 0")
+    initial = _initial(checked.init, options.kind) if checked.init else None
+    resume = None
+    if checked.resume is not None:
+        resume = load_state(checked.resume.path, options.kind)
+        with torch.device("meta"):  # shapes only: the one check that needs the network built
+            check_fits(resume, NETWORKS[options.kind](model_config), checked.resume.path)
+    # a denoiser run names the VQ-AE whose tokens it learns (checked to fit by check_run): the result is a sampler
+    sampler_vqae = _initial(config["vqae"], "vqae") if config.get("vqae") else None
     processes, device = distributed.start(options.device)
     if settings.batch_size % processes.world:
         raise UserError(f"batch size {settings.batch_size} is not divisible by {processes.world} processes")
@@ -186,9 +65,9 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
     try:
         progress.log(f"{options.kind} training on {describe(device)}"
                      + (f" x {processes.world} processes" if processes.distributed else ""))
-        trainer_class = KINDS[options.kind][2]
+        trainer_class = TRAINERS[options.kind]
         try:
-            trainer = trainer_class(model_config, task_settings, _sources(config, "data"), _sources(config, "validation"),
+            trainer = trainer_class(model_config, checked.task, _sources(config, "data"), _sources(config, "validation"),
                                     device, progress)
         except ValueError as exc:
             raise UserError(str(exc)) from None
@@ -197,10 +76,10 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
             folder = RunFolder.create(folder_path, config)
             columns = ["step", "loss", *trainer.loss_parts, "learning_rate", "gradient_norm", "seconds", "samples_per_s",
                        *(trainer.validation_columns if trainer.metric else [])]
-            folder.open_metrics(columns, kept)
+            folder.open_metrics(columns, checked.kept)
         card_base = {"kind": config["kind"], "data": config["data"], "validation": config["validation"],
                      **({"init": config["init"]} if config.get("init") else {}),
-                     **trainer.card(), "training": asdict(settings), "task": asdict(task_settings),
+                     **trainer.card(), "training": asdict(settings), "task": asdict(checked.task),
                      "hardware": f"{describe(device)}" + (f" x {processes.world}" if processes.distributed else ""),
                      "command": " ".join(["unleash", *(argv if argv is not None else sys.argv[1:])]),
                      "version": __version__, "platform": platform.platform(terse=True)}
@@ -215,7 +94,7 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
 
         with StopRequest() as stop:
             outcome = train(trainer, settings, folder, processes, device, progress, resume, write_model, stop,
-                            initial[0].state_dict() if initial else None)
+                            initial.state_dict() if initial else None)
         summary = {"run": str(folder_path), "kind": options.kind, "step": outcome.step, "total": settings.iterations,
                    "loss": outcome.loss, "validation": outcome.validation, "best": outcome.best,
                    "seconds": round(time.time() - started, 1), "stopped": outcome.stopped, "rank": processes.rank}

@@ -11,11 +11,11 @@ RUNDIR/config.json so that a run can be read, repeated and resumed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..errors import UserError
-from ..models.config import check_values
+from ..models.config import check_grid, check_values, require
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -49,6 +49,57 @@ class TrainingSettings:
             raise ValueError(f"training.final_lr_fraction must lie in [0, 1] (got {self.final_lr_fraction})")
         if self.precision not in PRECISIONS:
             raise ValueError(f"training.precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+
+
+@dataclass
+class RegistrationTask:
+    """The registration loss and augmentation (`task` in a run config)."""
+
+    regularisation: float = 1.0
+    blur_lattice_vox: list[float] = field(default_factory=lambda: [2.0, 1.0])
+    rotation_deg: float = 6.0
+    scaling: float = 0.06
+    translation_mm: float = 8.0
+
+    def __post_init__(self):
+        require(self.scaling < 1, f"task.scaling is a share below 1 (got {self.scaling})")
+
+
+@dataclass
+class VQAETask:
+    """The VQ-AE loss and patches (`task` in a run config)."""
+
+    patch_shape_ijk: list[int] = field(default_factory=lambda: [128, 128, 128])  # cropped to the volume if larger
+    dice_weight: float = 1.0
+    vq_weight: float = 1.0
+    # a token file (unleash encode's tokens.npz, or the paper's): train only codebook + decoder to turn these
+    # tokens into their pairs (matched by name, e.g. case_032); the model then cannot encode
+    token_file: str | None = None
+    # with a token file: the share of a patch's tokens replaced by codes drawn from the whole file. A
+    # decoder for given tokens learns from few pairs (the paper's tokens: ten) and memorises their token
+    # neighbourhoods; sampled grids and other patients' grids hold neighbourhoods it never saw.
+    token_noise: float = 0.0
+    cldice_weight: float = 0.0  # weight of 1 - clDice (soft skeletons of SKELETON_ITERATIONS erosions)
+
+    def __post_init__(self):
+        check_grid(self.patch_shape_ijk, "task.patch_shape_ijk")
+        require(self.token_noise <= 1, f"task.token_noise is a share in [0, 1] (got {self.token_noise})")
+
+
+@dataclass
+class DenoiserTask:
+    """Masking and validation (`task` in a run config)."""
+
+    held_out_grids: int = 4  # without --val: the last grids of the first token file validate
+    validation_mask_shares: list[float] = field(default_factory=lambda: [0.15, 0.35, 0.55, 0.75, 0.95])
+
+    def __post_init__(self):
+        require(len(self.validation_mask_shares) > 0 and all(0 < s <= 1 for s in self.validation_mask_shares),
+                f"task.validation_mask_shares are shares in (0, 1] (got {self.validation_mask_shares})")
+
+
+# kind -> its `task` settings (its model config: models.config.CONFIGS; its `training` defaults: jobspec.TRAINING_DEFAULTS)
+TASKS = {"registration": RegistrationTask, "vqae": VQAETask, "denoiser": DenoiserTask}
 
 
 def dataclass_from(cls, values: dict, section: str):

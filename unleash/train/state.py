@@ -4,7 +4,8 @@ last good checkpoint intact.
 
 The optimiser's and scaler's state dicts are nested dicts and lists of tensors and plain values.
 They are split into the tensors (stored as tensors) and a JSON skeleton that names them, so that
-loading never unpickles anything. Random states need no saving: every step draws its samples and
+loading never unpickles anything; statefile.py checks all of it but the tensors' values before
+torch is imported. Random states need no saving: every step draws its samples and
 its dropout from generators seeded by (seed, step, rank), so step s is the same whether the run
 reached it in one go or through a resume.
 """
@@ -18,11 +19,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..checkpoints import nonfinite, write_safetensors
+from ..checkpoints import write_safetensors
 from ..errors import UserError
-
-FORMAT = "unleash-training-state"
-FORMAT_VERSION = "1"
+from .statefile import FORMAT, FORMAT_VERSION, MODEL_PREFIX, read_state_header, unpack
 
 
 def _pack(value, tensors: dict, name: str):
@@ -41,21 +40,6 @@ def _pack(value, tensors: dict, name: str):
     raise TypeError(f"cannot store a {type(value).__name__} in a training checkpoint ({name})")
 
 
-def _unpack(skeleton, tensors: dict):
-    (tag, content), = skeleton.items()
-    if tag == "tensor":
-        return tensors[content]
-    if tag == "dict":
-        return {key: _unpack(item, tensors) for key, item in content}
-    if tag == "list":
-        return [_unpack(item, tensors) for item in content]
-    if tag == "tuple":
-        return tuple(_unpack(item, tensors) for item in content)
-    if tag == "value":
-        return content
-    raise ValueError(f"unknown entry {tag!r}")
-
-
 @dataclass
 class TrainingState:
     """What a resumed run needs: the step reached, the weights and the optimiser and scaler states."""
@@ -68,7 +52,7 @@ class TrainingState:
 
 
 def save_state(path: str | os.PathLike, kind: str, state: TrainingState) -> Path:
-    tensors: dict[str, torch.Tensor] = {f"model.{name}": t for name, t in state.model.items()}
+    tensors: dict[str, torch.Tensor] = {f"{MODEL_PREFIX}{name}": t for name, t in state.model.items()}
     skeleton = {"optimiser": _pack(state.optimiser, tensors, "optimiser"),
                 "scaler": _pack(state.scaler, tensors, "scaler")}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "step": str(state.step),
@@ -77,32 +61,15 @@ def save_state(path: str | os.PathLike, kind: str, state: TrainingState) -> Path
 
 
 def load_state(path: str | os.PathLike, kind: str) -> TrainingState:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no training checkpoint to resume from")
+    checked = read_state_header(path, kind)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+        with safe_open(str(checked.path), framework="pt") as handle:
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{path}: not a readable training checkpoint ({exc})") from None
-    if metadata.get("format") != FORMAT:
-        raise UserError(f"{path}: not an unleash training checkpoint")
-    if metadata.get("kind") != kind:
-        raise UserError(f"{path}: is a checkpoint of a {metadata.get('kind')!r} run, not of a {kind!r} run")
-    try:
-        skeleton = json.loads(metadata["skeleton"])
-        model = {name[len("model."):]: t for name, t in tensors.items() if name.startswith("model.")}
-        state = TrainingState(int(metadata["step"]), model, _unpack(skeleton["optimiser"], tensors),
-                              _unpack(skeleton["scaler"], tensors), json.loads(metadata.get("best", "null")))
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise UserError(f"{path}: the training checkpoint is damaged ({exc})") from None
-    if state.step < 0:
-        raise UserError(f"{path}: the training checkpoint is damaged (step {state.step})")
-    broken = nonfinite(state.model)
-    if broken:
-        raise UserError(f"{path}: the checkpoint's weights hold NaN or infinite values ({broken[0]})")
-    return state
+    model = {name[len(MODEL_PREFIX):]: t for name, t in tensors.items() if name.startswith(MODEL_PREFIX)}
+    return TrainingState(checked.step, model, unpack(checked.skeleton["optimiser"], tensors),
+                         unpack(checked.skeleton["scaler"], tensors), checked.best)
 
 
 def check_fits(state: TrainingState, network: torch.nn.Module, path) -> None:

@@ -9,7 +9,6 @@ Validation: the reconstruction Dice of whole held-out pairs through encode -> to
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,31 +17,10 @@ import torch.nn.functional as F
 
 from ..encode import dice, occupancy_ijk, token_volume_grid
 from ..jobs import Progress
-from ..models.config import check_grid, require
 from ..models.vqae import VQAEConfig, VQAutoEncoder
 from .data import Mixture, Source, pair_files, read_pair, read_token_grids
 from .previews import coronal_projection, pair_panels_png
-
-
-@dataclass
-class VQAETask:
-    """The VQ-AE loss and patches (`task` in a run config)."""
-
-    patch_shape_ijk: list[int] = field(default_factory=lambda: [128, 128, 128])  # cropped to the volume if larger
-    dice_weight: float = 1.0
-    vq_weight: float = 1.0
-    # a token file (unleash encode's tokens.npz, or the paper's): train only codebook + decoder to turn these
-    # tokens into their pairs (matched by name, e.g. case_032); the model then cannot encode
-    token_file: str | None = None
-    # with a token file: the share of a patch's tokens replaced by codes drawn from the whole file. A
-    # decoder for given tokens learns from few pairs (the paper's tokens: ten) and memorises their token
-    # neighbourhoods; sampled grids and other patients' grids hold neighbourhoods it never saw.
-    token_noise: float = 0.0
-    cldice_weight: float = 0.0  # weight of 1 - clDice (soft skeletons of SKELETON_ITERATIONS erosions)
-
-    def __post_init__(self):
-        check_grid(self.patch_shape_ijk, "task.patch_shape_ijk")
-        require(self.token_noise <= 1, f"task.token_noise is a share in [0, 1] (got {self.token_noise})")
+from .settings import VQAETask
 
 
 def pair_on_token_grid(files, config: VQAEConfig) -> torch.Tensor:
