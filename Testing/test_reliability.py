@@ -43,6 +43,20 @@ def test_bad_input_gets_one_line_and_leaves_every_file_as_it_was(case, fixtures,
     assert verdict(code, capsys.readouterr().err, case.expected, before, snapshot(tmp_path), tmp_path) is None
 
 
+# the CLI in a fresh interpreter, saying at its exit whether torch was imported
+TORCH_IMPORTED = ("import sys; from unleash.cli import main; code = main(sys.argv[1:]); "
+                  "print('torch' in sys.modules); sys.exit(code)")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.kind}: {c.name}" for c in CASES])
+def test_bad_input_is_refused_before_torch_is_imported(case, fixtures, tmp_path):
+    """Importing torch alone takes over a second: every refusal comes before it (the 2 s target)."""
+    job = subprocess.run([sys.executable, "-c", TORCH_IMPORTED, *case.make(tmp_path, fixtures)], capture_output=True,
+                         text=True, cwd=tmp_path, env=ENV, timeout=120)
+    assert job.returncode == 2 and case.expected in job.stderr, job.stderr
+    assert job.stdout.splitlines()[-1] == "False", f"torch was imported before the refusal: {job.stderr}"
+
+
 def temporary_folders(folder: Path) -> list[str]:
     return [p.name for p in folder.rglob(".*") if ".partial-" in p.name or ".old-" in p.name]
 
