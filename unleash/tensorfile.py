@@ -1,6 +1,7 @@
-"""safetensors files read without torch: the header checked against the file, and the weights
-checked for NaN and Inf with numpy, so that a damaged model file or training checkpoint is refused
-before torch is imported (which alone takes over a second).
+"""safetensors files read without torch: the header checked against the file (standard library
+only: the Slicer modules list model files with it), and the weights checked for NaN and Inf with
+numpy, so that a damaged model file or training checkpoint is refused before torch is imported
+(which alone takes over a second).
 
 A safetensors file is 8 bytes of header length (little endian), a JSON header mapping each
 tensor's name to {"dtype", "shape", "data_offsets": [start, end]} (offsets from the end of the
@@ -14,10 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 MAX_HEADER_BYTES = 1 << 24
-# safetensors dtype -> (numpy dtype of its raw bytes, how a non-finite value is told from the bytes)
+# safetensors dtype -> the numpy dtype of its raw bytes (bfloat16 as its 16 bits: numpy has no bfloat16)
 DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "F8_E5M2": "u1", "F8_E4M3": "u1",
           "I64": "<i8", "U64": "<u8", "I32": "<i4", "U32": "<u4", "I16": "<i2", "U16": "<u2", "I8": "i1",
           "U8": "u1", "BOOL": "u1"}
@@ -75,13 +74,15 @@ def _tensor(entry, data_start: int) -> Tensor | None:
     whole = [isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (shape or []) + (offsets or [])]
     if not (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2 and all(whole)):
         return None
-    if offsets[1] - offsets[0] != math.prod(shape) * np.dtype(DTYPES[entry["dtype"]]).itemsize:
+    if offsets[1] - offsets[0] != math.prod(shape) * int(DTYPES[entry["dtype"]][-1]):  # "<f4": 4 bytes an item
         return None
     return Tensor(entry["dtype"], tuple(shape), data_start + offsets[0], data_start + offsets[1])
 
 
 def nonfinite(path: str | os.PathLike, header: Header, names=None) -> list[str]:
     """The names (of `names`, default all) of the floating-point tensors that hold NaN or Inf."""
+    import numpy as np  # here: listing model files (read_header) needs no numpy
+
     broken = []
     with open(Path(path), "rb") as handle:
         for name in header.tensors if names is None else names:
