@@ -36,6 +36,9 @@ from .paths import require_utf8
 sitk.ProcessObject_SetGlobalWarningDisplay(False)
 
 READABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+# The widest and the narrowest box of a chest scan, along each axis: beyond them the voxel sizes
+# are a header's mistake (e.g. metres or micrometres for millimetres), and the work grid would not fit.
+SCAN_EXTENT_MM = (10.0, 2000.0)
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,12 @@ def check_image_file(path: str | os.PathLike) -> Grid:
     """The grid of a scalar 3D image file, with everything checked that can be without reading
     its voxels, and for NIfTI that its voxel data are whole; bad files raise UserError."""
     path = Path(require_utf8(path))
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not an image file (a DICOM series: convert it to NIfTI or NRRD first)")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: is empty (0 bytes)")
     if is_nifti(path):
         check_nifti(path)
     reader = sitk.ImageFileReader()
@@ -158,6 +165,11 @@ def check_geometry(grid: Grid, path) -> None:
     mapping between grids here assumes it, and coercing it would move the scan without a word."""
     if not all(np.isfinite(grid.spacing_mm)) or min(grid.spacing_mm) <= 0:
         raise UserError(f"{path}: voxel sizes {grid.spacing_mm} mm; they must be positive numbers")
+    extent = np.asarray(grid.size) * np.asarray(grid.spacing_mm)
+    if not (SCAN_EXTENT_MM[0] <= extent.min() and extent.max() <= SCAN_EXTENT_MM[1]):
+        raise UserError(f"{path}: its box is {' x '.join(f'{e:g}' for e in extent)} mm (voxel sizes "
+                        f"{', '.join(f'{s:g}' for s in grid.spacing_mm)} mm); a chest scan is "
+                        f"{SCAN_EXTENT_MM[0]:g} to {SCAN_EXTENT_MM[1]:g} mm wide along each axis")
     if not all(np.isfinite(grid.origin_lps)):
         raise UserError(f"{path}: its origin {grid.origin_lps} is not a point")
     if not is_rotation(grid.direction):

@@ -41,6 +41,8 @@ def model_metadata(metadata: dict[str, str], path: str | os.PathLike) -> dict:
 
 def _header(path: str | os.PathLike) -> Header:
     path = Path(require_utf8(path))
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a model file")
     if not path.is_file():
         raise UserError(f"{path}: no such model file")
     try:

@@ -36,7 +36,12 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=()) -> Pat
         raise UserError("the output folder is an empty name: give a folder for the outputs")
     require_utf8(path)
     path = Path(path)
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve(strict=path.is_symlink())
+    except (OSError, RuntimeError):  # a link to nowhere, or a loop of links
+        raise UserError(f"{path}: is a symbolic link that leads to no folder (it dangles or loops)") from None
+    if path.is_symlink():  # the outputs go where the link points; the link itself is left as it is
+        path = resolved
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         raise UserError(f"{path}: is the current folder or a folder above it; give a new folder for the outputs")
@@ -58,6 +63,10 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=()) -> Pat
         raise UserError(f"{parent}: the output's parent folder does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{parent}: is not writable")
+    try:  # what only trying tells (a read-only mount, a full disk, /proc): the staging folder can be made
+        _temporary_dir(parent, path.name, "partial").rmdir()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot create the output folder ({exc.strerror})") from None
     return path
 
 
