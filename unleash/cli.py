@@ -14,6 +14,13 @@ from .paths import require_utf8
 from .preflight import engine_options, preflight
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad arguments get one line, like every other refusal (argparse's own is the usage and the error)."""
+
+    def error(self, message: str):
+        self.exit(2, f"unleash: error: {message} (see {self.prog} --help)\n")
+
+
 def add_job_parser(commands, job: Job):
     """A subcommand whose arguments are `job`'s options, in their order."""
     parser = commands.add_parser(job.name, help=job.help, description=job.description)
@@ -138,7 +145,7 @@ RUNS = {"register": cmd_register, "evaluate": cmd_evaluate, "demo": cmd_demo, "s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unleash",
+    parser = Parser(prog="unleash",
                                      description="Inverse-consistent lung registration and synthetic vessel pairs.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('unleash').__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

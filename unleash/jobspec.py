@@ -40,6 +40,8 @@ REGISTRATION_FILES = {"displacement": "displacement.nii.gz", "inverse_displaceme
 DEFAULT_DEVICE = "auto"  # a GPU if there is one, else the CPU
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 PROGRESS_MODES = ("bar", "json", "none")
+MAX_ADAPT_ITERS = 100_000  # refinement iterations: the default is a few hundred; beyond this a run takes days
+MAX_SEED = 2 ** 63 - 1  # torch's and numpy's generators take any seed in 0..MAX_SEED
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from .devices import describe, resolve_device
 from .errors import UserError
 from .geometry import check_overlap, read_volume
 from .jobs import Progress
-from .jobspec import DEFAULT_DEVICE, REFINEMENTS, STARTS
+from .jobspec import DEFAULT_DEVICE
 from .optimise import RefineConfig
 from .output_folder import atomic_output_dir, check_output_dir
 from .outputs import (
@@ -27,6 +27,7 @@ from .outputs import (
     write_fields,
     write_report,
 )
+from .preflight import check_seed, register_start
 from .register import prepare_pair, register_prepared
 
 # Total refinement iterations of the default; the benchmark in benchmarks/registration.py measured
@@ -35,17 +36,13 @@ DEFAULT_ADAPT_ITERS = RefineConfig().total_iterations
 MIN_OVERLAP = 0.5  # below this share of shared physical space a registration is unlikely to be right
 
 
-def default_start(refinement: str, adapt_iters: int) -> str:
-    return "identity" if refinement == "io" and adapt_iters > 0 else "network"
-
-
 @dataclass
 class RegisterOptions:
     model: str | None = None
     device: str = DEFAULT_DEVICE
     inputs: str = "auto"
     refinement: str = "io"
-    start: str | None = None  # None: default_start(refinement, adapt_iters)
+    start: str | None = None  # None: preflight.register_start's default
     adapt_iters: int = DEFAULT_ADAPT_ITERS
     landmarks: str | None = None
     seed: int = 0
@@ -56,16 +53,8 @@ def register_files(fixed_path, moving_path, output_dir, options: RegisterOptions
     """Register `moving_path` to `fixed_path`, write FILES into `output_dir`; returns the report."""
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    if options.refinement not in REFINEMENTS:
-        raise UserError(f"unknown refinement {options.refinement!r} (use {', '.join(REFINEMENTS)})")
-    if options.adapt_iters < 0:
-        raise UserError("--adapt-iters must be 0 or more")
-    start = options.start or default_start(options.refinement, options.adapt_iters)
-    if start not in STARTS:
-        raise UserError(f"unknown start {start!r} (use {', '.join(STARTS)})")
-    if start == "identity" and (options.refinement != "io" or options.adapt_iters == 0):
-        raise UserError("--start identity needs --refinement io and --adapt-iters above 0: "
-                        "without instance optimisation the result would be the identity")
+    start = register_start(options.refinement, options.start, options.adapt_iters)
+    check_seed(options.seed)
     inputs = [fixed_path, moving_path, options.landmarks, options.model]
     check_output_dir(output_dir, overwrite, inputs)
     device = resolve_device(options.device)

@@ -4,6 +4,7 @@ imports torch. The engine functions run the same checks again for callers from P
 that was verified once is not read again for it (image_files, geometry.read_volume)."""
 from __future__ import annotations
 
+import math
 import re
 import sys
 from dataclasses import fields
@@ -13,7 +14,7 @@ from .datasets import find_pairs, read_landmarks
 from .errors import UserError
 from .geometry import check_image_file, check_overlap, read_volume
 from .input_kind import check_voxel_values, detect_input_kind
-from .jobspec import DEVICE_HELP
+from .jobspec import DEVICE_HELP, MAX_ADAPT_ITERS, MAX_SEED, REFINEMENTS, SCHEDULES, STARTS, EngineDefault
 from .modelfile import check_model_file
 from .output_folder import check_output_dir
 
@@ -45,6 +46,41 @@ def check_device(name: str | None) -> str:
     return name
 
 
+def register_start(refinement: str, start: str | None, adapt_iters: int | None) -> str:
+    """Where the refinement starts (`start`, or the default for the refinement); UserError for options
+    that cannot work together. `adapt_iters` None: the engine's default, which is above 0."""
+    if refinement not in REFINEMENTS:
+        raise UserError(f"unknown refinement {refinement!r} (use {', '.join(REFINEMENTS)})")
+    if adapt_iters is not None and not 0 <= adapt_iters <= MAX_ADAPT_ITERS:
+        raise UserError(f"--adapt-iters must lie in 0..{MAX_ADAPT_ITERS} (got {adapt_iters})")
+    refined = refinement == "io" and (adapt_iters is None or adapt_iters > 0)
+    start = start or ("identity" if refined else "network")
+    if start not in STARTS:
+        raise UserError(f"unknown start {start!r} (use {', '.join(STARTS)})")
+    if start == "identity" and not refined:
+        raise UserError("--start identity needs --refinement io and --adapt-iters above 0: "
+                        "without instance optimisation the result would be the identity")
+    return start
+
+
+def check_sample_options(count: int, schedule: str, steps: int | None, temperature: float, batch_size: int) -> None:
+    if count < 1:
+        raise UserError(f"-n must be 1 or more (got {count})")
+    if schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {schedule!r} (use {', '.join(SCHEDULES)})")
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps must be 1 or more (got {steps})")
+    if not 0 < temperature < math.inf:
+        raise UserError(f"--temperature must be above 0 and finite (got {temperature})")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be 1 or more (got {batch_size})")
+
+
+def check_seed(seed: int | None) -> None:
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must lie in 0..{MAX_SEED} (got {seed})")
+
+
 def check_voxels(path: str, inputs: str) -> None:
     """The scan's voxel values are finite, not constant and (with --inputs auto) a vessel mask's or a CT's;
     the volume is kept for the registration's read."""
@@ -61,6 +97,9 @@ def preflight(args) -> None:
     command = given.get("command")
     if "device" in given:
         check_device(args.device)
+    check_seed(given.get("seed"))
+    if "refinement" in given:  # register, evaluate, demo
+        register_start(args.refinement, args.start, None if isinstance(args.adapt_iters, EngineDefault) else args.adapt_iters)
     if given.get("model") and command in MODEL_KINDS:
         check_model_file(args.model, *MODEL_KINDS[command])
     if command == "register":
@@ -74,7 +113,10 @@ def preflight(args) -> None:
     elif command == "evaluate":
         find_pairs(args.folder, args.landmarks_folder, args.limit)
         check_output_dir(args.output, args.overwrite, [args.folder, args.landmarks_folder, args.model])
-    elif command in ("sample", "demo"):
+    elif command == "sample":
+        check_sample_options(args.count, args.schedule, args.steps, args.temperature, args.batch_size)
+        check_output_dir(args.output, args.overwrite, [args.model])
+    elif command == "demo":
         check_output_dir(args.output, args.overwrite, [args.model])
     elif command == "encode":
         find_pairs(args.folder)

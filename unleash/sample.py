@@ -41,6 +41,7 @@ from .models.denoiser import Denoiser
 from .models.sampler import Sampler
 from .models.vqae import VQAutoEncoder
 from .output_folder import atomic_output_dir, check_output_dir
+from .preflight import check_sample_options
 from .preview_pairs import pair_projections, pairs_preview_png
 
 CHOICE_NOISE = 4.5  # MaskGIT's Gumbel noise on the confidence, annealed to 0 over the steps
@@ -194,16 +195,7 @@ class SampleOptions:
     probabilities: bool = False
 
     def check(self, count: int) -> None:
-        if count < 1:
-            raise UserError(f"-n must be 1 or more (got {count})")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"unknown schedule {self.schedule!r} (use {', '.join(SCHEDULES)})")
-        if self.steps is not None and self.steps < 1:
-            raise UserError(f"--steps must be 1 or more (got {self.steps})")
-        if not self.temperature > 0:
-            raise UserError(f"--temperature must be above 0 (got {self.temperature})")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be 1 or more (got {self.batch_size})")
+        check_sample_options(count, self.schedule, self.steps, self.temperature, self.batch_size)
 
 
 def require_monai() -> None:

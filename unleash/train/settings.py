@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..errors import UserError
+from ..jobspec import MAX_SEED
 from ..models.config import check_grid, check_values, require
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -47,6 +48,8 @@ class TrainingSettings:
                 raise ValueError(f"training.{name} must not be negative (got {getattr(self, name)})")
         if not 0 <= self.final_lr_fraction <= 1:
             raise ValueError(f"training.final_lr_fraction must lie in [0, 1] (got {self.final_lr_fraction})")
+        if self.seed > MAX_SEED:
+            raise ValueError(f"training.seed must lie in 0..{MAX_SEED} (got {self.seed})")
         if self.precision not in PRECISIONS:
             raise ValueError(f"training.precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
 
