@@ -68,7 +68,7 @@ def read_landmarks(path: str | Path, fixed_grid=None, moving_grid=None) -> tuple
     if not path.is_file():
         raise UserError(f"{path}: no such landmark file")
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte order mark
             rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"{path}: not a readable landmark CSV ({exc})") from None
