@@ -185,6 +185,16 @@ def nan_weights(w: Path, f: Fixtures) -> list[str]:
     return register(w, f, None, None, None, "--model", str(path))
 
 
+def folder_scan(w: Path) -> Path:
+    (w / "moving.nii.gz").mkdir()
+    return w / "moving.nii.gz"
+
+
+def model_folder(w: Path, f: Fixtures) -> list[str]:
+    (w / "model.safetensors").mkdir()
+    return register(w, f, None, None, None, "--model", str(w / "model.safetensors"))
+
+
 # ---- landmarks ----
 
 def landmarks(text: str) -> Callable[[Path, Fixtures], list[str]]:
@@ -266,6 +276,42 @@ def evaluate_limit(limit: str) -> Callable[[Path, Fixtures], list[str]]:
     return make
 
 
+def symlinked_output(target: str) -> Callable[[Path, Fixtures], list[str]]:
+    """-o a symbolic link to `target` (relative to the workspace; a link to itself loops)."""
+    def make(w: Path, f: Fixtures) -> list[str]:
+        (w / "out").symlink_to(w / target)
+        return register(w, f)
+    return make
+
+
+def with_spacing(spacing_mm: float) -> Callable[[Path, Fixtures], list[str]]:
+    """Both scans with voxels of `spacing_mm` (a header's mistake: metres or micrometres for mm)."""
+    def make(w: Path, f: Fixtures) -> list[str]:
+        paths = []
+        for name in ("fixed.nrrd", "moving.nrrd"):
+            image = sitk.GetImageFromArray(tree())
+            image.SetSpacing([spacing_mm] * 3)
+            sitk.WriteImage(image, str(w / name))
+            paths.append(w / name)
+        return register(w, f, *paths)
+    return make
+
+
+def sample(*options: str) -> Callable[[Path, Fixtures], list[str]]:
+    return lambda w, f: ["sample", "-n", "1", "-o", str(w / "out"), "--device", "cpu", *options]
+
+
+def train_data(kind: str, data: str | None, *options: str) -> Callable[[Path, Fixtures], list[str]]:
+    """A new `kind` run on the folder `data` (relative to the workspace, made empty when it ends in /;
+    None: the training pairs)."""
+    def make(w: Path, f: Fixtures) -> list[str]:
+        if data and data.endswith("/"):
+            (w / data).mkdir()
+        folder = w / data if data else f.pairs
+        return ["train", kind, "--data", str(folder), "--out", str(w / "run"), "--device", "cpu", *options]
+    return make
+
+
 @dataclass(frozen=True)
 class Case:
     kind: str
@@ -340,6 +386,46 @@ CASES = [
     Case("evaluate", "duplicate case names", duplicate_cases, "two scans of case_001"),
     Case("evaluate", "--limit 0", evaluate_limit("0"), "--limit"),
     Case("evaluate", "--limit -1", evaluate_limit("-1"), "--limit"),
+    Case("output folder", "-o a symlink to nowhere", symlinked_output("nowhere"), "symbolic link"),
+    Case("output folder", "-o a symlink loop", symlinked_output("out"), "symbolic link"),
+    Case("output folder", "-o a folder that cannot be made (/proc)", lambda w, f: register(w, f, None, None, "/proc/unleash"),
+         "cannot create the output folder"),
+    Case("reading", "a folder as the scan (a DICOM series)", with_moving(folder_scan), "is a folder"),
+    Case("reading", "a zero-byte .nii", with_moving(lambda w: cut(write_scan(w / "moving.nii"), 0)), "is empty (0 bytes)"),
+    Case("reading", "voxels of 1e6 mm", with_spacing(1e6), "a chest scan is"),
+    Case("reading", "voxels of 1e-6 mm", with_spacing(1e-6), "a chest scan is"),
+    Case("reading", "all zeros", with_moving(lambda w: write_scan(w / "moving.nii.gz", np.zeros((40, 48, 56), np.uint8))),
+         "all zeros"),
+    Case("reading", "all zeros with --inputs vessels",
+         lambda w, f: register(w, f, None, write_scan(w / "moving.nii.gz", np.zeros((40, 48, 56), np.uint8)), None,
+                               "--inputs", "vessels"), "all zeros"),
+    Case("NaN/Inf", "one infinite voxel", with_moving(lambda w: write_scan(w / "moving.nrrd", np.where(
+        tree() == 1, np.float32(np.inf), tree().astype(np.float32)))), "NaN or infinite"),
+    Case("model config", "a folder as the model file", model_folder, "is a folder"),
+    Case("options", "--adapt-iters -1", lambda w, f: register(w, f, None, None, None, "--adapt-iters", "-1"), "--adapt-iters"),
+    Case("options", "--adapt-iters 10^12", lambda w, f: register(w, f, None, None, None, "--adapt-iters", str(10 ** 12)),
+         "--adapt-iters"),
+    Case("options", "--adapt-iters as text", lambda w, f: register(w, f, None, None, None, "--adapt-iters", "many"),
+         "invalid int value"),
+    Case("options", "--start identity --refinement none",
+         lambda w, f: register(w, f, None, None, None, "--start", "identity", "--refinement", "none"), "--start identity"),
+    Case("options", "register --seed -1", lambda w, f: register(w, f, None, None, None, "--seed", "-1"), "--seed"),
+    Case("options", "register --seed 2^70", lambda w, f: register(w, f, None, None, None, "--seed", str(2 ** 70)), "--seed"),
+    Case("options", "--device garbage", lambda w, f: register(w, f, None, None, None, "--device", "garbage"),
+         "not a device name"),
+    Case("options", "an unknown option", lambda w, f: register(w, f, None, None, None, "--speed", "fast"),
+         "unrecognized arguments"),
+    Case("options", "sample -n 0", sample("-n", "0"), "-n must be 1 or more"),
+    Case("options", "sample --steps 0", sample("--steps", "0"), "--steps"),
+    Case("options", "sample --temperature inf", sample("--temperature", "inf"), "--temperature"),
+    Case("options", "sample --batch-size 0", sample("--batch-size", "0"), "--batch-size"),
+    Case("options", "train --seed 2^70", new_run("--seed", str(2 ** 70)), "--seed"),
+    Case("training data", "--data a missing folder", train_data("registration", "missing"), "no such folder"),
+    Case("training data", "--data a folder without pairs", train_data("registration", "empty/"), "no image pairs"),
+    Case("training data", "vqae --tokens a missing file", train_data("vqae", None, "--tokens", "none.npz"),
+         "no such token file"),
+    Case("training data", "denoiser --data a folder without token files", train_data("denoiser", "empty/"),
+         "no such token file"),
 ]
 
 

@@ -39,13 +39,22 @@ def test_bad_input_gets_one_line_and_leaves_every_file_as_it_was(case, fixtures,
     argv = case.make(tmp_path, fixtures)
     before = snapshot(tmp_path)
     monkeypatch.chdir(tmp_path)
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # the argument parser's refusal
+        code = exc.code
     assert verdict(code, capsys.readouterr().err, case.expected, before, snapshot(tmp_path), tmp_path) is None
 
 
 # the CLI in a fresh interpreter, saying at its exit whether torch was imported
-TORCH_IMPORTED = ("import sys; from unleash.cli import main; code = main(sys.argv[1:]); "
-                  "print('torch' in sys.modules); sys.exit(code)")
+TORCH_IMPORTED = """import sys
+from unleash.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:  # the argument parser's refusal
+    code = exc.code
+print("torch" in sys.modules)
+sys.exit(code)"""
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.kind}: {c.name}" for c in CASES])
