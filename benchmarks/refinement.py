@@ -27,6 +27,7 @@ from unleash import fields  # noqa: E402
 from unleash.adapt import adapt  # noqa: E402
 from unleash.checkpoints import load_model  # noqa: E402
 from unleash.datasets import read_landmarks  # noqa: E402
+from unleash.discrete import DiscreteConfig  # noqa: E402
 from unleash.geometry import read_volume  # noqa: E402
 from unleash.models.registration import TwoStepRegistration  # noqa: E402
 from unleash.optimise import RefineConfig  # noqa: E402
@@ -49,13 +50,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model")
     parser.add_argument("--cases", default="002,055,117,121")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--config", help="JSON RefineConfig fields to override for the io variants")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; empty: only the --config ones")
+    parser.add_argument("--config", action="append", default=[],
+                        help="JSON RefineConfig fields to override (`search`: DiscreteConfig fields, or null); "
+                             "each --config adds the io_only variant with those fields, named io_only/1, /2, ...")
     args = parser.parse_args()
     network, config, _ = load_model(args.model, "registration")
     identity = TwoStepRegistration(config).eval()  # zero velocity heads: predicts the identity
-    names = args.variants.split(",")
-    overrides = json.loads(args.config) if args.config else {}
+    names = args.variants.split(",") if args.variants else []
+    overrides = {name: {} for name in names}
+    for number, text in enumerate(args.config, 1):
+        names.append(f"io_only/{number}")
+        overrides[names[-1]] = json.loads(text)
     tre = {name: [] for name in names}
     seconds = {name: [] for name in names}
     folding = {name: [] for name in names}
@@ -67,8 +73,8 @@ def main() -> None:
         fixed_lps, moving_lps = fixed.grid.index_to_physical(fixed_ijk), moving.grid.index_to_physical(moving_ijk)
         line = f"case {case}: initial {np.linalg.norm(fixed_lps - moving_lps, axis=1).mean():5.2f} mm"
         for name in names:
-            trained, tta_iterations, refine = VARIANTS[name]
-            refine = RefineConfig(**{**refine.__dict__, **overrides}) if refine is not None else None
+            trained, tta_iterations, refine = VARIANTS[name.split("/")[0]]
+            refine = refine_config(refine, overrides[name]) if refine is not None else None
             start = time.perf_counter()
             net = network if trained else identity
             if tta_iterations:
@@ -85,8 +91,17 @@ def main() -> None:
         print(line, flush=True)
     print()
     for name in names:
+        if overrides[name]:
+            print(f"{name:<12} {json.dumps(overrides[name])}")
         print(f"{name:<12} mean TRE {np.mean(tre[name]):5.2f} mm   mean {np.mean(seconds[name]):5.1f} s per pair (compute)"
               f"   max folding {max(folding[name]):.3f} % (work grid)")
+
+
+def refine_config(base: RefineConfig, overrides: dict) -> RefineConfig:
+    fields_ = {**base.__dict__, **overrides}
+    if isinstance(fields_.get("search"), dict):
+        fields_["search"] = DiscreteConfig(**fields_["search"])
+    return RefineConfig(**fields_)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fields
+from .discrete import DiscreteConfig
 from .losses import gaussian_blur, occupancy_mse
 from .workgrid import lattice_shape, resample_box
 
@@ -42,6 +43,8 @@ class RefineConfig:
     # Points sampled per iteration: at 1 mm about a million voxels lie near vessels; a fresh random
     # share of them each iteration is a stochastic gradient of the same loss at a fraction of the cost.
     max_points: int = 150_000
+    # A discrete correspondence search (discrete.py) to start the first level from; None: from zero.
+    search: DiscreteConfig | None = None
 
     @property
     def total_iterations(self) -> int:
@@ -66,15 +69,17 @@ class Occupancy:
     spacing_mm: float
 
 
-def refine(images: list[Occupancy], config: RefineConfig, on_iteration=None) -> torch.Tensor:
+def refine(images: list[Occupancy], config: RefineConfig, on_iteration=None,
+           start: torch.Tensor | None = None) -> torch.Tensor:
     """Velocity r (1, 3, d, h, w) on the finest lattice such that moving_warped(exp(r)(x)) ~ fixed(x).
 
     `images`: the pair on one or more grids over the same box (the work grid, and a finer one when a
     level asks for it); each level reads the coarsest one that is at least as fine as its image
-    spacing. r is returned on its lattice (resize it with `fields.resize` to use it)."""
+    spacing. r is returned on its lattice (resize it with `fields.resize` to use it). `start`: a
+    velocity (1, 3, d, h, w) in mm on any lattice over the box to begin from (default: zero)."""
     images = sorted(images, key=lambda o: -o.spacing_mm)
     box = images[0]
-    velocity = None
+    velocity = start
     # never finer than the finest grid given: a coarse grid is not upsampled
     sources = [next((o for o in images if o.spacing_mm <= image_mm + 1e-6), images[-1]) for image_mm in config.image_mm]
     costs = [n * _iteration_cost(box, source, lattice_mm, image_mm, config)

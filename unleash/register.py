@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import fields, vessels, workgrid
+from . import discrete, fields, vessels, workgrid
 from .geometry import Grid, Volume
 from .models.registration import RegistrationConfig, TwoStepRegistration
 from .optimise import Occupancy, RefineConfig, refine
@@ -96,7 +96,11 @@ def _refined(pair: PreparedPair, forward: torch.Tensor, inverse: torch.Tensor, c
                       workgrid.occupancy_on(fine, pair.moving_vessels, supersample=1).to(device)))
     images = [Occupancy(fixed, _warped(moving, forward, spacing), grid.spacing_mm[0]) for grid, fixed, moving in grids]
     del grids
-    velocity = refine(images, config, on_progress)
+    start = None
+    if config.search is not None:  # the discrete search between fixed and the (network-)warped moving
+        start, _ = discrete.start_velocity(images[0].fixed, images[0].moving_warped, spacing, config.search,
+                                           config.squaring_steps)
+    velocity = refine(images, config, on_progress, start)
     del images
     lattice_spacing = (forward.shape[-1] - 1) * spacing / (velocity.shape[-1] - 1)
     shape = forward.shape[2:]
