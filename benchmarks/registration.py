@@ -106,7 +106,8 @@ def main() -> None:
             r = rows[-1]
             print(f"{r['case']:<9} TRE {r['tre_before']:6.2f} -> {r['tre']:5.2f} mm (median {r['tre_p50']:4.2f})  "
                   f"folding {r['folding_pct']:.4f} %  ICE {r['ice_mm']:.3f} mm  std logJ {r['std_log_j']:.3f}  "
-                  f"{wall:5.1f} s  peak {peak:4.2f} GB", flush=True)
+                  f"{wall:5.1f} s  peak {peak:4.2f} GB  stages " + " ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items()),
+                  flush=True)
     before_all, after_all = np.concatenate(before), np.concatenate(after)
     p25, p50, p75 = np.percentile(after_all, [25, 50, 75])
     walls = [r["wall_s"] for r in rows]
