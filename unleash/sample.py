@@ -38,6 +38,7 @@ from .geometry import Grid, Volume, network_grid, write_image
 from .jobs import Progress
 from .jobspec import DEFAULT_DEVICE, DEFAULT_SAMPLE_BATCH, DEFAULT_SCHEDULE, DEFAULT_TEMPERATURE, SCHEDULES
 from .models.denoiser import Denoiser
+from .models.refiner import Refiner
 from .models.sampler import Sampler
 from .models.vqae import VQAutoEncoder
 from .output_folder import atomic_output_dir, check_output_dir
@@ -148,8 +149,20 @@ def sample_grid(vqae: VQAutoEncoder) -> Grid:
     return network_grid(np.zeros(3), shape, config.spacing_mm / upsampling(vqae))
 
 
+def fine_probabilities(coarse: torch.Tensor, factor: int, refiner: Refiner | None) -> torch.Tensor:
+    """The decoder's vessel probabilities (N, I, J, K) -> (N, f I, f J, f K) on the written grid: the
+    refiner's, else trilinear (voxel edges aligned: align_corners=False)."""
+    if refiner is not None:
+        with torch.autocast(coarse.device.type, dtype=torch.bfloat16):  # also on the CPU: half its time there
+            return torch.sigmoid(refiner(coarse[:, None]).float())[:, 0]
+    if factor == 1:
+        return coarse
+    return F.interpolate(coarse[:, None], scale_factor=factor, mode="trilinear", align_corners=False)[:, 0]
+
+
 @torch.no_grad()
-def decode_pair(vqae: VQAutoEncoder, tokens: torch.Tensor, grid: Grid) -> dict[str, Volume | float]:
+def decode_pair(vqae: VQAutoEncoder, tokens: torch.Tensor, grid: Grid, refiner: Refiner | None = None
+                ) -> dict[str, Volume | float]:
     """One token sequence (L,) -> {"fixed", "moving"} uint8 label maps (probability above
     `vessel_threshold`) and {"fixed_probability", "moving_probability"} float32 vessel probabilities,
     all on `grid`, and {"fixed_threshold", "moving_threshold"}. One pair at a time: the decoder's
@@ -158,12 +171,10 @@ def decode_pair(vqae: VQAutoEncoder, tokens: torch.Tensor, grid: Grid) -> dict[s
     grid_tokens = tokens.view(1, *vqae.config.token_shape_ijk)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = vqae.decode(grid_tokens)[0].float()  # (4, I, J, K)
+    coarse = torch.stack([torch.softmax(logits[0:2], dim=0)[1], torch.softmax(logits[2:4], dim=0)[1]])
+    fine = fine_probabilities(coarse, upsampling(vqae), refiner)
     volumes = {}
-    for name, channels in (("fixed", logits[0:2]), ("moving", logits[2:4])):
-        probability = torch.softmax(channels, dim=0)[1]
-        if upsampling(vqae) > 1:  # trilinear over the same box (voxel edges aligned: align_corners=False)
-            probability = F.interpolate(probability[None, None], scale_factor=upsampling(vqae), mode="trilinear",
-                                        align_corners=False)[0, 0]
+    for name, probability in zip(("fixed", "moving"), fine):
         probability = probability.permute(2, 1, 0)  # (i, j, k) -> [k, j, i]
         volumes[f"{name}_threshold"] = threshold = vessel_threshold(probability)
         volumes[name] = Volume((probability > threshold).to(torch.uint8).cpu().numpy(), grid)
@@ -265,7 +276,7 @@ def sample_files(count: int, output_dir, options: SampleOptions, progress: Progr
     pairs, projections = [], []
     with atomic_output_dir(output_dir, overwrite, inputs=[options.model]) as staging:
         for index, row in enumerate(tokens):
-            volumes = decode_pair(model.vqae, row, grid)
+            volumes = decode_pair(model.vqae, row, grid, model.refiner)
             name = f"pair_{index + 1:04d}"
             files = _write_pair(staging, name, volumes, options.probabilities)
             pairs.append({"name": name, "files": files,

@@ -190,10 +190,31 @@ class DenoiserConfig:
 
 
 @dataclass
+class RefinerConfig:
+    kind: str = "refiner"
+    factor: int = 2  # fine voxels per coarse voxel along each axis
+    width: int = 16  # channels of the hidden convolutions
+    layers: int = 3  # 3 x 3 x 3 convolutions; the middle ones dilated by 2 (receptive field: 1 + 2 + 4 (layers - 2) + 2)
+
+    def __post_init__(self):
+        require(self.factor >= 1 and self.width >= 1 and self.layers >= 2,
+                f"refiner.factor and width must be 1 or more and layers 2 or more (got {self.factor}, "
+                f"{self.width}, {self.layers})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(values: dict) -> RefinerConfig:
+        return from_dict_strict(RefinerConfig, values, "refiner")
+
+
+@dataclass
 class SamplerConfig:
     kind: str = "sampler"
     vqae: VQAEConfig = field(default_factory=VQAEConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    refiner: RefinerConfig | None = None  # None: the decoder's probabilities are upsampled trilinearly
 
     def __post_init__(self):
         if self.denoiser.codebook_size != self.vqae.codebook_size:
@@ -201,9 +222,13 @@ class SamplerConfig:
         if list(self.denoiser.token_shape_ijk) != self.vqae.token_shape_ijk:
             raise ValueError(f"the denoiser's token grid {self.denoiser.token_shape_ijk} is not the VQ-AE's "
                              f"{self.vqae.token_shape_ijk}")
+        if self.refiner is not None and self.refiner.factor != self.vqae.spacing_mm:
+            raise ValueError(f"the refiner's factor {self.refiner.factor} does not bring the decoder's "
+                             f"{self.vqae.spacing_mm} mm to the written volumes' 1 mm")
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "vqae": self.vqae.to_dict(), "denoiser": self.denoiser.to_dict()}
+        parts = {"refiner": self.refiner.to_dict()} if self.refiner else {}
+        return {"kind": self.kind, "vqae": self.vqae.to_dict(), "denoiser": self.denoiser.to_dict(), **parts}
 
     @staticmethod
     def from_dict(values: dict) -> SamplerConfig:
@@ -211,6 +236,8 @@ class SamplerConfig:
         values = dict(values)
         parts = {"vqae": VQAEConfig.from_dict(values.pop("vqae", {})),
                  "denoiser": DenoiserConfig.from_dict(values.pop("denoiser", {}))}
+        if values.get("refiner") is not None:
+            parts["refiner"] = RefinerConfig.from_dict(values.pop("refiner"))
         return from_dict_strict(SamplerConfig, {**values, **parts}, "sampler")
 
 

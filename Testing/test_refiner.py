@@ -1,0 +1,114 @@
+"""The vessel refiner (2 mm decoder probabilities -> 1 mm): its layout, its training, and the sampler
+file that carries it, with tiny configs on the CPU."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_denoiser import TINY_DENOISER, TINY_VQAE
+
+from unleash.checkpoints import load_model, save_model
+from unleash.models.refiner import Refiner, RefinerConfig, pixel_shuffle_3d
+from unleash.models.sampler import Sampler, SamplerConfig
+from unleash.models.vqae import VQAEConfig
+from unleash.sample import decode_pair, sample_grid
+from unleash.train.refiner import RefinerTraining, draw_crop, train_refiner
+
+COARSE_VQAE = VQAEConfig(**{**TINY_VQAE.to_dict(), "spacing_mm": 2.0})
+TINY_REFINER = RefinerConfig(width=4, layers=2)
+
+
+def test_the_pixel_shuffle_puts_channel_abc_of_a_coarse_voxel_at_its_fine_voxel_abc():
+    x = torch.arange(2 * 8 * 2 * 3 * 2, dtype=torch.float32).view(2, 8, 2, 3, 2)
+    fine = pixel_shuffle_3d(x, 2)
+    assert fine.shape == (2, 1, 4, 6, 4)
+    for a, b, c in np.ndindex(2, 2, 2):
+        assert torch.equal(fine[:, 0, a::2, b::2, c::2], x[:, 4 * a + 2 * b + c])
+
+
+def test_an_untrained_refiner_draws_the_trilinear_upsampling_of_the_input_logit():
+    torch.manual_seed(0)
+    probability = torch.rand(1, 1, 6, 5, 7)
+    logits = Refiner(RefinerConfig(width=4)).eval()(probability)
+    expected = F.interpolate(probability.clamp(1e-4, 1 - 1e-4).logit(), scale_factor=2, mode="trilinear",
+                             align_corners=False)
+    assert logits.shape == (1, 1, 12, 10, 14) and torch.allclose(logits, expected, atol=1e-5)
+
+
+def tube_scan(offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A straight 2-voxel-wide tube along k in a 1 mm mask (24, 24, 24) and the decoder-like soft
+    blob of it at 2 mm: its 2 x 2 x 2 averages, blurred."""
+    fine = torch.zeros(24, 24, 24, dtype=torch.uint8)
+    fine[offset:offset + 2, 10:12, :] = 1
+    coarse = F.avg_pool3d(fine[None, None].float(), 2)
+    coarse = F.avg_pool3d(coarse, 3, 1, 1)[0, 0]
+    return coarse, fine
+
+
+def test_training_draws_thin_tubes_where_the_input_is_a_soft_blob():
+    torch.manual_seed(0)
+    scans = [tube_scan(offset) for offset in (4, 10, 16)]
+    refiner = Refiner(TINY_REFINER)
+    coarse, fine = tube_scan(8)
+    with torch.no_grad():
+        before = refiner(coarse[None, None])[0, 0]
+    losses = train_refiner(refiner, scans, RefinerTraining(crop_coarse=8, batch_size=4, steps=150, learning_rate=1e-2,
+                                                           cldice_weight=0.5), log=lambda _: None)
+    with torch.no_grad():
+        after = refiner(coarse[None, None])[0, 0]
+
+    def dice(logits):
+        drawn = logits > 0
+        return 2 * float((drawn & fine.bool()).sum()) / float(drawn.sum() + fine.sum())
+
+    assert np.mean(losses[-20:]) < 0.8 * np.mean(losses[:20])
+    assert dice(after) > dice(before) + 0.1
+
+
+def test_crops_of_coarse_and_fine_cover_the_same_box_and_are_flipped_alike():
+    torch.manual_seed(0)
+    fine = (torch.rand(24, 20, 16) > 0.7).to(torch.uint8)
+    coarse = F.avg_pool3d(fine[None, None].float(), 2)[0, 0]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, y = draw_crop(coarse, fine, 2, 6, rng)
+        assert x.shape == (1, 6, 6, 6) and y.shape == (1, 12, 12, 12)
+        assert torch.allclose(F.avg_pool3d(y[None], 2)[0], x)
+
+
+def coarse_sampler_config(refiner: RefinerConfig | None = TINY_REFINER) -> SamplerConfig:
+    return SamplerConfig(vqae=COARSE_VQAE, denoiser=TINY_DENOISER, refiner=refiner)
+
+
+def test_a_sampler_file_with_a_refiner_loads_and_decodes_through_it(tmp_path):
+    torch.manual_seed(0)
+    config = coarse_sampler_config()
+    sampler = Sampler(config)
+    torch.nn.init.normal_(sampler.refiner.head.weight, std=1.0)  # a refiner that changes the drawing
+    path = save_model(tmp_path / "sampler.safetensors", sampler, config, {"kind": "sampler"})
+    loaded, loaded_config, _ = load_model(path, "sampler")
+    assert loaded_config.refiner == TINY_REFINER and loaded_config.to_dict()["refiner"]["width"] == 4
+    grid = sample_grid(loaded.vqae)
+    tokens = torch.randint(0, COARSE_VQAE.codebook_size, (math.prod(COARSE_VQAE.token_shape_ijk),))
+    refined = decode_pair(loaded.vqae, tokens, grid, loaded.refiner)
+    trilinear = decode_pair(loaded.vqae, tokens, grid)
+    assert refined["fixed"].array.shape == trilinear["fixed"].array.shape == grid.shape_zyx
+    assert not np.allclose(refined["fixed_probability"].array, trilinear["fixed_probability"].array, atol=1e-2)
+    assert 0 <= refined["moving_probability"].array.min() and refined["moving_probability"].array.max() <= 1
+
+
+def test_a_sampler_file_without_a_refiner_has_none_and_its_config_no_refiner_key(tmp_path):
+    config = coarse_sampler_config(refiner=None)
+    path = save_model(tmp_path / "sampler.safetensors", Sampler(config), config, {"kind": "sampler"})
+    loaded, loaded_config, _ = load_model(path, "sampler")
+    assert loaded.refiner is None and loaded_config.refiner is None and "refiner" not in loaded_config.to_dict()
+
+
+def test_a_refiner_that_does_not_reach_1mm_is_refused():
+    with pytest.raises(ValueError, match="does not bring the decoder's 2.0 mm"):
+        coarse_sampler_config(RefinerConfig(factor=4))
+    with pytest.raises(ValueError, match="unknown refiner config keys"):
+        RefinerConfig.from_dict({"width": 4, "depth": 2})
