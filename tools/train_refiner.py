@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +23,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+from train_default_sampler import CUT_TO_SLICES, HELD_OUT_PAIR, TOKENS, TRAIN  # noqa: E402
 
 from unleash.checkpoints import load_model, save_model  # noqa: E402
 from unleash.datasets import find_pairs  # noqa: E402
@@ -34,11 +36,7 @@ from unleash.sample import fine_probabilities  # noqa: E402
 from unleash.train.refiner import RefinerTraining, train_refiner  # noqa: E402
 from unleash.train.vqae import pair_on_token_grid  # noqa: E402
 
-DATA = Path(os.environ.get("UNLEASH_DATA", REPO.parent / "shared" / "data"))
-TRAIN = DATA / "lung250m4b_vessels" / "train"
-TOKENS = DATA / "seed_tokens" / "lung250m4b_train_tokens.npz"
-HELD_OUT_PAIR = "case_041"
-LEFT_OUT = {"case_035"}  # cut by the paper before encoding
+LEFT_OUT = set(CUT_TO_SLICES)  # cut by the paper before encoding: its tokens describe less than its scan
 
 
 @torch.no_grad()
