@@ -184,6 +184,26 @@ def test_denoiser_with_a_vqae_becomes_a_sampler_model(tokens, train_pairs, tmp_p
     assert card["kind"] == "sampler" and card["steps"] == 2
 
 
+def test_denoiser_with_a_sampler_file_keeps_its_refiner(tokens, tmp_path, capsys):
+    from unleash.checkpoints import save_model
+    from unleash.models.denoiser import DenoiserConfig
+    from unleash.models.refiner import RefinerConfig
+    from unleash.models.sampler import Sampler, SamplerConfig
+
+    torch.manual_seed(0)
+    given = SamplerConfig(vqae=VQAEConfig(**{**TINY_VQAE["model"], "spacing_mm": 2.0}),
+                          denoiser=DenoiserConfig(**TINY_DENOISER["model"]), refiner=RefinerConfig(width=4, layers=2))
+    network = Sampler(given)
+    torch.nn.init.normal_(network.refiner.head.weight)
+    save_model(tmp_path / "given.safetensors", network, given, {"kind": "sampler"})
+    assert main(["train", "denoiser", "--data", str(tokens), "--out", str(tmp_path / "run"),
+                 "--config", str(write_config(tmp_path, TINY_DENOISER)), "--iterations", "1",
+                 "--vqae", str(tmp_path / "given.safetensors"), "--progress", "none"]) == 0
+    sampler, config, _ = load_model(tmp_path / "run" / "model.safetensors", "sampler")
+    assert config.refiner == given.refiner
+    torch.testing.assert_close(sampler.refiner.state_dict(), network.refiner.state_dict())
+
+
 def test_a_decoder_for_given_tokens_meets_the_asked_share_of_drawn_codes(train_pairs, tokens, tmp_path, capsys):
     noisy = {**TINY_VQAE, "task": {**TINY_VQAE["task"], "token_noise": 0.3}}
     assert main(["train", "vqae", "--data", str(train_pairs), "--tokens", str(tokens), "--out", str(tmp_path / "run"),

@@ -38,6 +38,15 @@ def _initial(path: str, kind: str):
     return load_model(path, kind)[0]
 
 
+def _sampler_parts(path: str):
+    """(VQ-AE, refiner or None) of the model file a denoiser run names: a sampler file's refiner is kept
+    in the sampler files the run writes."""
+    if read_metadata(path)["config"].get("kind") == "sampler":
+        sampler = load_model(path, "sampler")[0]
+        return sampler.vqae, sampler.refiner
+    return load_model(path, "vqae")[0], None
+
+
 def _sources(config: dict, key: str) -> list[Source]:
     return [Source(Path(entry["path"]), entry["weight"]) for entry in config.get(key, [])]
 
@@ -56,7 +65,7 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
         with torch.device("meta"):  # shapes only: the one check that needs the network built
             check_fits(resume, NETWORKS[options.kind](model_config), checked.resume.path)
     # a denoiser run names the VQ-AE whose tokens it learns (checked to fit by check_run): the result is a sampler
-    sampler_vqae = _initial(config["vqae"], "vqae") if config.get("vqae") else None
+    sampler_parts = _sampler_parts(config["vqae"]) if config.get("vqae") else None
     processes, device = distributed.start(options.device)
     if settings.batch_size % processes.world:
         raise UserError(f"batch size {settings.batch_size} is not divisible by {processes.world} processes")
@@ -87,9 +96,9 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
         def write_model(network, path, step, validation):
             card = {**card_base, "steps": step, "validation_metrics": validation,
                     "training_seconds": round(time.time() - started), "date": datetime.date.today().isoformat()}
-            if sampler_vqae is None:
+            if sampler_parts is None:
                 return save_model(path, network, model_config, card)
-            sampler = Sampler.of(sampler_vqae, network)
+            sampler = Sampler.of(sampler_parts[0], network, sampler_parts[1])
             return save_model(path, sampler, sampler.config, {**card, "kind": "sampler", "vqae": config["vqae"]})
 
         with StopRequest() as stop:
