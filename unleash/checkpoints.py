@@ -52,6 +52,9 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
         save_file(tensors, temporary, metadata=metadata)
         os.chmod(temporary, 0o644)  # mkstemp makes 0600; a model file is meant to be shared
         os.replace(temporary, path)
+    except SafetensorError as exc:  # its I/O errors (a full disk) come as this, with the OS's text
+        Path(temporary).unlink(missing_ok=True)
+        raise UserError(f"{path}: not written ({str(exc).splitlines()[0][:160]}); what was there is kept") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -82,7 +82,7 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
             raise UserError(str(exc)) from None
         folder = None
         if processes.writes:
-            folder = RunFolder.create(folder_path, config)
+            folder = RunFolder.create(folder_path, config, resumed=bool(options.resume))
             columns = ["step", "loss", *trainer.loss_parts, "learning_rate", "gradient_norm", "seconds", "samples_per_s",
                        *(trainer.validation_columns if trainer.metric else [])]
             folder.open_metrics(columns, checked.kept)

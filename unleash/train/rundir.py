@@ -12,6 +12,7 @@ Standard library only: the Slicer modules list and plot runs with the readers at
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -108,18 +109,30 @@ class RunFolder:
         self.best_model = self.path / "best.safetensors"
         self.final_model = self.path / FINAL_MODEL
         self.metrics: Metrics | None = None
+        self._lock: int | None = None
 
     @staticmethod
-    def create(path: Path, config: dict) -> RunFolder:
+    def create(path: Path, config: dict, resumed: bool) -> RunFolder:
+        """The run folder with its config.json, held for this process: a second job into the same
+        folder (started at the same moment, when both found it new) is refused before it writes."""
+        folder = RunFolder(path)
         try:
-            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True, exist_ok=True)
+            folder._lock = os.open(path, os.O_RDONLY)
+            try:
+                fcntl.flock(folder._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"{path}: another training job is writing to this run folder") from None
+            if not resumed and any(path.iterdir()):
+                raise UserError(f"{path}: another training job started in this folder; a new run needs a new folder")
+            (path / "checkpoints").mkdir(exist_ok=True)
             (path / "previews").mkdir(exist_ok=True)
             temporary = path / f".{CONFIG}.tmp"
             temporary.write_text(json.dumps(config, indent=2) + "\n")
             os.replace(temporary, path / CONFIG)
         except OSError as exc:
             raise UserError(f"{path}: cannot create the run folder ({exc.strerror})") from None
-        return RunFolder(path)
+        return folder
 
     @property
     def metrics_path(self) -> Path:
