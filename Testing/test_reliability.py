@@ -22,6 +22,7 @@ from conftest import REPO
 from test_sample import sampler_file  # noqa: F401  (the tiny sampler model file, a fixture)
 
 from unleash.cli import main
+from unleash.datasets import read_landmarks
 from unleash.output_folder import MARKER
 from unleash.outputs import FILES
 
@@ -221,7 +222,50 @@ def test_a_full_disk_is_one_line_with_the_path_and_leaves_nothing(command, fixtu
         subprocess.run(["umount", str(disk)], check=True)
 
 
+# ---- landmarks ----
+
+def test_a_landmark_csv_saved_by_a_spreadsheet_is_read(tmp_path):
+    """Spreadsheets save UTF-8 CSV with a byte order mark and CRLF line ends; the header is still the header."""
+    path = tmp_path / "landmarks.csv"
+    path.write_bytes(("\ufefffixed_i,fixed_j,fixed_k,moving_i,moving_j,moving_k\r\n1,2,3,4,5,6\r\n").encode())
+    fixed, moving = read_landmarks(path)
+    assert fixed.tolist() == [[1, 2, 3]] and moving.tolist() == [[4, 5, 6]]
+
+
 # ---- training ----
+
+def train_tiny(run: Path, fixtures, config: Path, *extra: str) -> list[str]:
+    config.write_text(json.dumps(TINY_TRAINING))
+    return [*UNLEASH, "train", "registration", "--data", str(fixtures.pairs), "--out", str(run), "--config", str(config),
+            "--iterations", "3", "--device", "cpu", "--progress", "none", *extra]
+
+
+def test_a_training_run_on_a_full_disk_is_one_line_and_keeps_what_it_wrote(fixtures, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip() or 'mount failed'})")
+    try:
+        job = subprocess.run(train_tiny(disk / "run", fixtures, tmp_path / "config.json"), capture_output=True, text=True,
+                             env=ENV, timeout=300)
+        lines = job.stderr.strip().splitlines()
+        assert job.returncode == 2 and len(lines) == 1 and "No space left" in lines[0], job.stderr
+        assert (disk / "run" / "config.json").is_file() and not list((disk / "run").rglob("*.tmp"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_two_training_jobs_into_one_new_run_folder_never_mix(fixtures, tmp_path):
+    run = tmp_path / "run"
+    jobs = [subprocess.Popen(train_tiny(run, fixtures, tmp_path / f"config_{i}.json"), stderr=subprocess.PIPE, text=True,
+                             env=ENV) for i in range(2)]
+    results = sorted((job.wait(timeout=300), job.stderr.read()) for job in jobs)
+    assert [code for code, _ in results] == [0, 2], results
+    assert "another training job" in results[1][1] or "not empty" in results[1][1]
+    with open(run / "metrics.csv", newline="") as handle:
+        assert [int(row["step"]) for row in csv.DictReader(handle)] == [1, 2, 3]
+
 
 def test_a_training_run_killed_before_its_first_checkpoint_resumes(fixtures, tmp_path):
     config = tmp_path / "config.json"
