@@ -92,6 +92,10 @@ def set_pixdim(value: float):
     return edit
 
 
+def bad_datatype(data: bytearray) -> None:
+    data[70:72] = struct.pack("<h", 999)  # datatype: no NIfTI type (niftilib prints its own error line)
+
+
 def shear_sform(data: bytearray) -> None:
     rows = list(struct.unpack_from("<12f", data, 280))
     rows[1] = 0.5  # srow_x[1]: i moves along y as well as x
@@ -391,6 +395,8 @@ CASES = [
     Case("output folder", "-o a folder that cannot be made (/proc)", lambda w, f: register(w, f, None, None, "/proc/unleash"),
          "cannot create the output folder"),
     Case("reading", "a folder as the scan (a DICOM series)", with_moving(folder_scan), "is a folder"),
+    Case("reading", "a NIfTI datatype that does not exist", with_moving(lambda w: nifti_edited(w / "moving.nii", bad_datatype)),
+         "cannot be read as an image"),
     Case("reading", "a zero-byte .nii", with_moving(lambda w: cut(write_scan(w / "moving.nii"), 0)), "is empty (0 bytes)"),
     Case("reading", "voxels of 1e6 mm", with_spacing(1e6), "a chest scan is"),
     Case("reading", "voxels of 1e-6 mm", with_spacing(1e-6), "a chest scan is"),

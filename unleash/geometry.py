@@ -121,7 +121,8 @@ def check_image_file(path: str | os.PathLike) -> Grid:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with _c_stderr_captured():
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         raise UserError(f"{path}: cannot be read as an image ({_last_line(exc)})") from None
     if reader.GetDimension() != 3:
@@ -147,7 +148,8 @@ def read_volume(path: str | os.PathLike, keep: bool = False) -> Volume:
     volume = _read_ahead.pop(key, None)
     if volume is None:
         try:
-            image = sitk.ReadImage(str(path))
+            with _c_stderr_captured():
+                image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise UserError(f"{path}: cannot be read as an image ({_last_line(exc)})") from None
         volume = Volume.from_sitk(image)
@@ -210,10 +212,10 @@ _stderr_saved: tuple[int, object] | None = None  # (the real stderr's duplicate,
 
 @contextmanager
 def _c_stderr_captured():
-    """While images are written, the C libraries' own stderr lines (e.g. NIfTI's "** ERROR: NWAD:
-    wrote only 0 of N bytes" on a full disk) go to a file: the failure is reported as one line
-    instead. Shared by concurrent writers (outputs.write_fields writes two at a time); what was
-    captured goes back to stderr when the last writer finishes without an error."""
+    """While images are read or written, the C libraries' own stderr lines (e.g. NIfTI's "** ERROR:
+    NWAD: wrote only 0 of N bytes" on a full disk, or "bad datatype" of a damaged header) go to a
+    file: the failure is reported as one line instead. Shared by concurrent writers (outputs.write_fields
+    writes two at a time); what was captured goes back to stderr when the last user finishes without an error."""
     global _stderr_users, _stderr_saved
     with _stderr_lock:
         if _stderr_users == 0:
