@@ -425,6 +425,8 @@ CASES = [
     Case("options", "sample --steps 0", sample("--steps", "0"), "--steps"),
     Case("options", "sample --temperature inf", sample("--temperature", "inf"), "--temperature"),
     Case("options", "sample --batch-size 0", sample("--batch-size", "0"), "--batch-size"),
+    Case("options", "sample more pairs than the disk holds", lambda w, f: ["sample", "-n", str(10**12), "-o", str(w / "out")],
+         "MiB free"),
     Case("options", "train --seed 2^70", new_run("--seed", str(2 ** 70)), "--seed"),
     Case("training data", "--data a missing folder", train_data("registration", "missing"), "no such folder"),
     Case("training data", "--data a folder without pairs", train_data("registration", "empty/"), "no image pairs"),

@@ -91,7 +91,7 @@ def test_a_sampler_file_with_a_refiner_loads_and_decodes_through_it(tmp_path):
     path = save_model(tmp_path / "sampler.safetensors", sampler, config, {"kind": "sampler"})
     loaded, loaded_config, _ = load_model(path, "sampler")
     assert loaded_config.refiner == TINY_REFINER and loaded_config.to_dict()["refiner"]["width"] == 4
-    grid = sample_grid(loaded.vqae)
+    grid = sample_grid(loaded.vqae.config)
     tokens = torch.randint(0, COARSE_VQAE.codebook_size, (math.prod(COARSE_VQAE.token_shape_ijk),))
     refined = decode_pair(loaded.vqae, tokens, grid, loaded.refiner)
     trilinear = decode_pair(loaded.vqae, tokens, grid)

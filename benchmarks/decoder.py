@@ -62,7 +62,7 @@ def main() -> None:
     tokens = dict(zip(names, grids))
 
     def decode(name: str) -> dict:
-        return decode_pair(vqae, torch.from_numpy(tokens[name]).view(-1), sample_grid(vqae))
+        return decode_pair(vqae, torch.from_numpy(tokens[name]).view(-1), sample_grid(vqae.config))
 
     train = find_pairs(TRAIN)
     if args.others:

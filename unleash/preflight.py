@@ -15,8 +15,9 @@ from .errors import UserError
 from .geometry import check_image_file, check_overlap, read_volume
 from .input_kind import check_voxel_values, detect_input_kind
 from .jobspec import DEVICE_HELP, MAX_ADAPT_ITERS, MAX_SEED, REFINEMENTS, SCHEDULES, STARTS, EngineDefault
-from .modelfile import check_model_file
+from .modelfile import DEFAULTS, check_model_file
 from .output_folder import check_output_dir
+from .sample_space import check_free_space, sample_grid
 
 # the model file kinds that a command's --model takes
 MODEL_KINDS = {"register": ("registration",), "evaluate": ("registration",), "demo": ("registration",),
@@ -115,7 +116,11 @@ def preflight(args) -> None:
         check_output_dir(args.output, args.overwrite, [args.folder, args.landmarks_folder, args.model])
     elif command == "sample":
         check_sample_options(args.count, args.schedule, args.steps, args.temperature, args.batch_size)
-        check_output_dir(args.output, args.overwrite, [args.model])
+        output = check_output_dir(args.output, args.overwrite, [args.model])
+        sampler = args.model or DEFAULTS["sampler"]
+        if args.model or sampler.is_file():  # a missing shipped sampler is the engine's to explain
+            _, config = check_model_file(sampler, "sampler")
+            check_free_space(output.resolve().parent, args.count, sample_grid(config.vqae), args.probabilities)
     elif command == "demo":
         check_output_dir(args.output, args.overwrite, [args.model])
     elif command == "encode":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from . import __version__
 from .checkpoints import DEFAULTS, load_model, model_id
 from .devices import describe, resolve_device
 from .errors import UserError
-from .geometry import Grid, Volume, network_grid, write_image
+from .geometry import Grid, Volume, write_image
 from .jobs import Progress
 from .jobspec import DEFAULT_DEVICE, DEFAULT_SAMPLE_BATCH, DEFAULT_SCHEDULE, DEFAULT_TEMPERATURE, SCHEDULES
 from .models.denoiser import Denoiser
@@ -44,6 +43,7 @@ from .models.vqae import VQAutoEncoder
 from .output_folder import atomic_output_dir, check_output_dir
 from .preflight import check_sample_options
 from .preview_pairs import pair_projections, pairs_preview_png
+from .sample_space import check_free_space, sample_grid, upsampling
 
 CHOICE_NOISE = 4.5  # MaskGIT's Gumbel noise on the confidence, annealed to 0 over the steps
 
@@ -107,7 +107,6 @@ def sample_tokens(denoiser: Denoiser, count: int, schedule: str = DEFAULT_SCHEDU
     return tokens
 
 
-OUTPUT_SPACING_MM = 1.0  # pairs are written at 1 mm, whatever the decoder's resolution
 THRESHOLD = 0.5  # a voxel is vessel where the decoder's vessel probability is above this...
 # ...unless that gives a vessel share of the box outside the range of the ten real training pairs
 # (min and max of the pairs' mean, benchmarks/sampler.py): then the threshold that gives the nearest end
@@ -136,19 +135,6 @@ def vessel_threshold(probability: torch.Tensor, fraction_range: tuple[float, flo
     return edge / THRESHOLD_BINS
 
 
-def upsampling(vqae: VQAutoEncoder) -> int:
-    """How many output voxels per decoder voxel along each axis (a 2 mm decoder: 2)."""
-    factor = vqae.config.spacing_mm / OUTPUT_SPACING_MM
-    return max(1, round(factor))
-
-
-def sample_grid(vqae: VQAutoEncoder) -> Grid:
-    """The written volumes' grid: 1 mm, identity direction, centred at 0 mm, covering the decoder's box."""
-    config = vqae.config
-    shape = tuple(n * upsampling(vqae) for n in config.volume_shape_ijk)
-    return network_grid(np.zeros(3), shape, config.spacing_mm / upsampling(vqae))
-
-
 def fine_probabilities(coarse: torch.Tensor, factor: int, refiner: Refiner | None) -> torch.Tensor:
     """The decoder's vessel probabilities (N, I, J, K) -> (N, f I, f J, f K) on the written grid: the
     refiner's, else trilinear (voxel edges aligned: align_corners=False)."""
@@ -172,7 +158,7 @@ def decode_pair(vqae: VQAutoEncoder, tokens: torch.Tensor, grid: Grid, refiner: 
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = vqae.decode(grid_tokens)[0].float()  # (4, I, J, K)
     coarse = torch.stack([torch.softmax(logits[0:2], dim=0)[1], torch.softmax(logits[2:4], dim=0)[1]])
-    fine = fine_probabilities(coarse, upsampling(vqae), refiner)
+    fine = fine_probabilities(coarse, upsampling(vqae.config), refiner)
     volumes = {}
     for name, probability in zip(("fixed", "moving"), fine):
         probability = probability.permute(2, 1, 0)  # (i, j, k) -> [k, j, i]
@@ -188,9 +174,6 @@ def decode_pair(vqae: VQAutoEncoder, tokens: torch.Tensor, grid: Grid, refiner: 
 
 NO_DEFAULT_MODEL = ("the shipped sampler model file is missing from this installation (unleash/weights/"
                     "sampler_default.safetensors): reinstall, or give a 'sampler' model file with --model FILE")
-# Compressed bytes per voxel of one written map, measured on a Lung250M-4B vessel map at zlib level 1
-# (labels 0.009, a soft map 0.14) with a margin of four, for the free-space check before any work.
-BYTES_PER_VOXEL = {"labels": 0.04, "probabilities": 0.6}
 PREVIEW_PAIRS = 32
 
 
@@ -223,14 +206,6 @@ def load_sampler(path: str | None, device: torch.device) -> tuple[Sampler, dict]
     return model, card
 
 
-def _check_free_space(folder: Path, count: int, grid: Grid, probabilities: bool) -> None:
-    per_pair = 2 * math.prod(grid.size) * (BYTES_PER_VOXEL["labels"] + probabilities * BYTES_PER_VOXEL["probabilities"])
-    free = shutil.disk_usage(folder).free
-    if free < count * per_pair:
-        raise UserError(f"{folder}: only {free / 2**20:.0f} MiB free, {count} pairs need about "
-                        f"{count * per_pair / 2**20:.0f} MiB")
-
-
 def _write_pair(folder: Path, name: str, volumes: dict[str, Volume], probabilities: bool) -> dict[str, str]:
     files = {"fixed": f"{name}_fixed.nii.gz", "moving": f"{name}_moving.nii.gz"}
     if probabilities:
@@ -251,8 +226,8 @@ def sample_files(count: int, output_dir, options: SampleOptions, progress: Progr
     output_dir = check_output_dir(output_dir, overwrite, inputs=[options.model])
     device = resolve_device(options.device)
     model, card = load_sampler(options.model, device)
-    grid = sample_grid(model.vqae)
-    _check_free_space(output_dir.resolve().parent, count, grid, options.probabilities)
+    grid = sample_grid(model.vqae.config)
+    check_free_space(output_dir.resolve().parent, count, grid, options.probabilities)
     steps = options.steps or SCHEDULES[options.schedule]
     progress.log(f"sampling {count} pairs with the {options.schedule} schedule ({steps} steps) on {describe(device)}")
     generator = torch.Generator(device).manual_seed(options.seed)
