@@ -70,10 +70,26 @@ def load_model(path: str | os.PathLike | None, kind: str, device: torch.device |
         network = NETWORKS[kind](config)
         with safe_open(str(path), framework="pt") as handle:
             state = {name: handle.get_tensor(name) for name in handle.keys()}
+        misfit = weights_misfit(network.state_dict(), state)
+        if misfit:
+            raise UserError(f"{path}: damaged or incompatible {kind} model (its weights do not fit the network its "
+                            f"config describes: {misfit})")
         network.load_state_dict(state, strict=True)
     except (ValueError, TypeError, RuntimeError, SafetensorError) as exc:
         raise UserError(f"{path}: damaged or incompatible {kind} model ({str(exc).splitlines()[0][:160]})") from None
     return network.to(device).eval(), config, meta["card"]
+
+
+def weights_misfit(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:
+    """What first keeps the weights `found` in a file from loading into a network with `expected`
+    (its state_dict), in words; None when every name and shape matches."""
+    for name, tensor in expected.items():
+        if name not in found:
+            return f"{name} is missing"
+        if tuple(found[name].shape) != tuple(tensor.shape):
+            return f"{name} has the shape {list(found[name].shape)}, the network needs {list(tensor.shape)}"
+    extra = sorted(set(found) - set(expected))
+    return f"{extra[0]} belongs to no part of the network" if extra else None
 
 
 def model_id(path: str | os.PathLike | None, kind: str) -> str:
