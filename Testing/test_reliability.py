@@ -6,6 +6,7 @@ never mix; a training run killed before its first checkpoint resumes; a divergin
 without writing a model; evaluate records a failed pair and goes on."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -215,14 +216,23 @@ def test_concurrent_runs_into_one_folder_never_mix(large_pair, fixtures, tmp_pat
     assert complete_output(out) and not temporary_folders(tmp_path)
 
 
-@pytest.mark.parametrize("command", ["register", "sample"])
-def test_a_full_disk_is_one_line_with_the_path_and_leaves_nothing(command, fixtures, tmp_path, request):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(disk)], capture_output=True, text=True)
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of `size` mounted at `folder` (a full disk, for real); skips where mounting is not allowed."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                             text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip() or 'mount failed'})")
     try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("command", ["register", "sample"])
+def test_a_full_disk_is_one_line_with_the_path_and_leaves_nothing(command, fixtures, tmp_path, request):
+    with small_disk(tmp_path / "disk", "4k") as disk:
         if command == "register":
             fixed = write_scan(tmp_path / "fixed.nii.gz", np.kron(tree(), np.ones((2, 2, 2), np.uint8)))
             argv = ["register", str(fixed), str(fixed), "--model", str(fixtures.model), "--adapt-iters", "2"]
@@ -234,8 +244,6 @@ def test_a_full_disk_is_one_line_with_the_path_and_leaves_nothing(command, fixtu
         assert job.returncode != 0 and len(lines) == 1, job.stderr
         assert "no space left" in lines[0] and str(disk) in lines[0]
         assert list(disk.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 # ---- landmarks ----
@@ -257,19 +265,12 @@ def train_tiny(run: Path, fixtures, config: Path, *extra: str) -> list[str]:
 
 
 def test_a_training_run_on_a_full_disk_is_one_line_and_keeps_what_it_wrote(fixtures, tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip() or 'mount failed'})")
-    try:
+    with small_disk(tmp_path / "disk", "64k") as disk:
         job = subprocess.run(train_tiny(disk / "run", fixtures, tmp_path / "config.json"), capture_output=True, text=True,
                              env=ENV, timeout=300)
         lines = job.stderr.strip().splitlines()
         assert job.returncode == 2 and len(lines) == 1 and "No space left" in lines[0], job.stderr
         assert (disk / "run" / "config.json").is_file() and not list((disk / "run").rglob("*.tmp"))
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_two_training_jobs_into_one_new_run_folder_never_mix(fixtures, tmp_path):
