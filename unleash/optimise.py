@@ -23,16 +23,8 @@ from .workgrid import lattice_shape, resample_box
 class RefineConfig:
     """One entry per level, coarse to fine. Spacings and blurs in mm."""
 
-    # Measured on val pairs 002, 055, 117, 121 (benchmarks/refinement.py): starting at a 32 mm
-    # lattice with an 8 mm blur captures the large basal motion (055: 3.6 -> 3.4 mm); a 0.3 or 3.0
-    # penalty weight changed the mean by < 0.1 mm. The last level on the 1 mm vessels instead of the
-    # 2 mm work grid: 3.30 -> 3.15 mm on those pairs; a 2 mm lattice on the 2 mm grid gained nothing,
-    # and a first-order 2-4 mm residual on top of the old last level gained less (3.22 mm). With the
-    # 1 mm level, 80 instead of 40 iterations there gave 3.17 mm, a 0.5 penalty weight 3.22 mm, a 3 mm
-    # last lattice 3.18 mm (twice the time), a 1.5 mm last blur 3.20 mm.
-    # Iterations: the coarse levels cost ~0.05 s an iteration, the 1 mm one ~0.5 s. 40 per coarse
-    # level left the largest motion unconverged (056, 26 mm initial: 3.32 mm; 60 each: 2.61 mm, 80
-    # each gained nothing more); 25 instead of 40 at 1 mm changed the mean of 8 pairs by < 0.02 mm.
+    # A 32 mm first lattice catches the large basal motion; the last level reads the scans' own 1 mm
+    # vessels, which the 2 mm work grid averages away (how each entry was chosen: the registration card).
     lattice_mm: list[float] = field(default_factory=lambda: [32.0, 16.0, 8.0, 4.0])
     image_mm: list[float] = field(default_factory=lambda: [8.0, 4.0, 4.0, 1.0])
     blur_mm: list[float] = field(default_factory=lambda: [8.0, 4.0, 3.0, 1.0])

@@ -101,8 +101,9 @@ def preflight(args) -> None:
     check_seed(given.get("seed"))
     if "refinement" in given:  # register, evaluate, demo
         register_start(args.refinement, args.start, None if isinstance(args.adapt_iters, EngineDefault) else args.adapt_iters)
+    model_config = None
     if given.get("model") and command in MODEL_KINDS:
-        check_model_file(args.model, *MODEL_KINDS[command])
+        _, model_config = check_model_file(args.model, *MODEL_KINDS[command])
     if command == "register":
         check_output_dir(args.output, args.overwrite, [args.fixed, args.moving, args.landmarks, args.model])
         fixed, moving = check_image_file(args.fixed), check_image_file(args.moving)
@@ -117,10 +118,10 @@ def preflight(args) -> None:
     elif command == "sample":
         check_sample_options(args.count, args.schedule, args.steps, args.temperature, args.batch_size)
         output = check_output_dir(args.output, args.overwrite, [args.model])
-        sampler = args.model or DEFAULTS["sampler"]
-        if args.model or sampler.is_file():  # a missing shipped sampler is the engine's to explain
-            _, config = check_model_file(sampler, "sampler")
-            check_free_space(output.resolve().parent, args.count, sample_grid(config.vqae), args.probabilities)
+        if model_config is None and DEFAULTS["sampler"].is_file():  # a missing shipped sampler is the engine's to explain
+            _, model_config = check_model_file(DEFAULTS["sampler"], "sampler")
+        if model_config is not None:
+            check_free_space(output.resolve().parent, args.count, sample_grid(model_config.vqae), args.probabilities)
     elif command == "demo":
         check_output_dir(args.output, args.overwrite, [args.model])
     elif command == "encode":

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..checkpoints import write_safetensors
+from ..checkpoints import weights_misfit, write_safetensors
 from ..errors import UserError
 from .statefile import FORMAT, FORMAT_VERSION, MODEL_PREFIX, read_state_header, unpack
 
@@ -75,14 +75,9 @@ def load_state(path: str | os.PathLike, kind: str) -> TrainingState:
 def check_fits(state: TrainingState, network: torch.nn.Module, path) -> None:
     """The checkpoint's weights and optimiser moments have the shapes of the run's network (built
     on the meta device: shapes only), so that a mismatch is said before anything is written."""
-    expected = network.state_dict()
-    if set(expected) != set(state.model):
-        names = sorted(set(expected) ^ set(state.model))
-        raise UserError(f"{path}: the checkpoint's weights do not fit the run's model (e.g. {names[0]})")
-    for name, tensor in expected.items():
-        if tuple(state.model[name].shape) != tuple(tensor.shape):
-            raise UserError(f"{path}: the checkpoint's {name} has the shape {list(state.model[name].shape)}, "
-                            f"the run's model {list(tensor.shape)}")
+    misfit = weights_misfit(network.state_dict(), state.model)
+    if misfit:
+        raise UserError(f"{path}: the checkpoint's weights do not fit the run's model ({misfit})")
     shapes = [tuple(p.shape) for p in network.parameters()]
     try:
         moments = state.optimiser["state"]
