@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DATA
 from test_denoiser import TINY_DENOISER, TINY_VQAE
 
 from unleash.checkpoints import load_model, save_model
 from unleash.models.refiner import Refiner, RefinerConfig, pixel_shuffle_3d
 from unleash.models.sampler import Sampler, SamplerConfig
-from unleash.models.vqae import VQAEConfig
-from unleash.sample import decode_pair, sample_grid
+from unleash.models.vqae import InstanceNorm, VQAEConfig, VQAutoEncoder
+from unleash.sample import decode_pair, fine_probabilities, load_sampler, sample_grid
 from unleash.train.refiner import RefinerTraining, draw_crop, train_refiner
 
 COARSE_VQAE = VQAEConfig(**{**TINY_VQAE.to_dict(), "spacing_mm": 2.0})
@@ -112,3 +113,68 @@ def test_a_refiner_that_does_not_reach_1mm_is_refused():
         coarse_sampler_config(RefinerConfig(factor=4))
     with pytest.raises(ValueError, match="unknown refiner config keys"):
         RefinerConfig.from_dict({"width": 4, "depth": 2})
+
+
+def autocast_probabilities(refiner: Refiner, coarse: torch.Tensor) -> torch.Tensor:
+    """How sampling drew the refined probabilities before `Refiner.probabilities`: forward under bfloat16 autocast."""
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        return torch.sigmoid(refiner(coarse).float())
+
+
+def test_the_sampling_path_of_the_refiner_gives_its_forward_probabilities():
+    torch.manual_seed(0)
+    refiner = Refiner(RefinerConfig(width=8)).eval()
+    for parameter in refiner.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    coarse = torch.rand(2, 1, 9, 7, 8) ** 4
+    drawn = refiner.probabilities(coarse)
+    assert drawn.shape == (2, 1, 18, 14, 16) and drawn.dtype == torch.float32
+    assert torch.equal(drawn, autocast_probabilities(refiner, coarse))
+    with torch.no_grad():
+        exact = torch.sigmoid(refiner(coarse))
+    assert 0.01 < float((exact - 0.5).abs().mean()) and torch.allclose(drawn, exact, atol=0.02)  # bfloat16 convolutions
+
+
+def test_the_instance_norm_that_keeps_channels_last_normalises_as_torchs():
+    torch.manual_seed(0)
+    x = (3 * torch.randn(2, 5, 6, 7, 8) + 1).contiguous(memory_format=torch.channels_last_3d)
+    y = InstanceNorm(1e-5)(x)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(y, torch.nn.InstanceNorm3d(5)(x), atol=1e-5)
+
+
+def test_a_channels_last_decoder_draws_the_same_logits():
+    torch.manual_seed(0)
+    vqae = VQAutoEncoder(COARSE_VQAE).eval()
+    tokens = torch.randint(0, COARSE_VQAE.codebook_size, (2, *COARSE_VQAE.token_shape_ijk))
+    with torch.no_grad():
+        before = vqae.decode(tokens)
+        after = vqae.channels_last().decode(tokens)
+    assert not any(isinstance(m, torch.nn.InstanceNorm3d) for m in vqae.modules())
+    assert any(isinstance(m, InstanceNorm) for m in vqae.modules())
+    assert float(before.std()) > 0.01 and torch.allclose(after, before, atol=1e-4)
+
+
+@torch.no_grad()
+def test_the_shipped_sampler_draws_a_real_token_grid_as_before_its_faster_layouts():
+    """The paper's tokens of case 032 through the shipped decoder and refiner: `unleash sample`'s
+    channels-last decoder and refiner path against the plain decoder and the refiner under autocast."""
+    path = DATA / "seed_tokens" / "lung250m4b_train_tokens.npz"
+    if not path.is_file():
+        pytest.skip(f"the paper's token file is not at {path} (set UNLEASH_DATA)")
+    tokens = torch.from_numpy(np.load(path)["tokens"][0].astype(np.int64))
+    plain, _, _ = load_model(None, "sampler")
+    fast, _ = load_sampler(None, torch.device("cpu"))
+    grid_tokens = tokens[None].view(1, *plain.vqae.config.token_shape_ijk)
+
+    def coarse(vqae):
+        logits = vqae.decode(grid_tokens)[0]
+        return torch.stack([logits[0:2].softmax(0)[1], logits[2:4].softmax(0)[1]])
+
+    before, after = coarse(plain.vqae), coarse(fast.vqae)
+    assert float((after - before).abs().max()) < 1e-4
+    refined = fine_probabilities(before, 2, fast.refiner)
+    assert torch.equal(refined, autocast_probabilities(plain.refiner, before[:, None])[:, 0])
+    drawn_before, drawn_after = refined > 0.5, fine_probabilities(after, 2, fast.refiner) > 0.5
+    assert 0.01 < float(drawn_before.float().mean()) < 0.05  # a real drawing, not an empty one
+    assert int((drawn_before != drawn_after).sum()) < 1e-5 * drawn_before.numel()

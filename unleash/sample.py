@@ -120,7 +120,7 @@ def vessel_threshold(probability: torch.Tensor, fraction_range: tuple[float, flo
     range. A drawing with too few sure voxels keeps its shape and is widened along its own probability
     ranks (too many: narrowed), instead of a nearly empty or flooded scan being written."""
     low, high = fraction_range
-    share = float((probability > THRESHOLD).float().mean())
+    share = int(torch.count_nonzero(probability > THRESHOLD)) / probability.numel()
     if low <= share <= high:
         return THRESHOLD
     counts = torch.histc(probability.float(), bins=THRESHOLD_BINS, min=0.0, max=1.0)
@@ -139,8 +139,7 @@ def fine_probabilities(coarse: torch.Tensor, factor: int, refiner: Refiner | Non
     """The decoder's vessel probabilities (N, I, J, K) -> (N, f I, f J, f K) on the written grid: the
     refiner's, else trilinear (voxel edges aligned: align_corners=False)."""
     if refiner is not None:
-        with torch.autocast(coarse.device.type, dtype=torch.bfloat16):  # also on the CPU: half its time there
-            return torch.sigmoid(refiner(coarse[:, None]).float())[:, 0]
+        return refiner.probabilities(coarse[:, None])[:, 0]
     if factor == 1:
         return coarse
     return F.interpolate(coarse[:, None], scale_factor=factor, mode="trilinear", align_corners=False)[:, 0]
@@ -203,6 +202,8 @@ def load_sampler(path: str | None, device: torch.device) -> tuple[Sampler, dict]
         raise UserError(NO_DEFAULT_MODEL)
     require_monai()
     model, _, card = load_model(path, "sampler", device)
+    if device.type == "cpu":
+        model.vqae.channels_last()
     return model, card
 
 

@@ -19,6 +19,19 @@ from .config import VQAEConfig
 COMMITMENT = 0.25  # beta of the VQ loss (van den Oord et al.; the paper's value)
 
 
+class InstanceNorm(nn.Module):
+    """nn.InstanceNorm3d without affine weights or running statistics (MONAI's choice here) that keeps a
+    channels-last tensor channels-last: torch's copies it to contiguous and back around its batch norm."""
+
+    def __init__(self, eps: float):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=tuple(range(2, x.ndim)), keepdim=True, correction=0)
+        return (x - mean).mul_(torch.rsqrt(var + self.eps))
+
+
 class VQAutoEncoder(nn.Module):
     """pair (N, 2, I, J, K) in {0, 1} <-> tokens (N, I/s, J/s, K/s) in 0..codebook_size-1 -> logits (N, 4, I, J, K)."""
 
@@ -51,6 +64,16 @@ class VQAutoEncoder(nn.Module):
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.autoencoder.decode(self.codes(tokens))
+
+    def channels_last(self) -> VQAutoEncoder:
+        """This network, in place, for inference on the CPU: channels-last weights and instance norms that
+        keep that layout (oneDNN's channels-last 3D convolutions; the same logits to about 1e-4, about a
+        third less time for the shipped decoder). The codes already come channels-last (`codes`)."""
+        for module in self.modules():
+            norm = getattr(module, "N", None)  # MONAI's ADN block names its norm N
+            if isinstance(norm, nn.InstanceNorm3d) and not norm.affine and not norm.track_running_stats:
+                module.N = InstanceNorm(norm.eps)
+        return self.to(memory_format=torch.channels_last_3d)
 
     def forward(self, pair: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Training pass: (logits (N, 4, I, J, K), VQ loss); the decoder's gradient reaches the
