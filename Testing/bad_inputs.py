@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import struct
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from safetensors import safe_open
 
 from unleash.checkpoints import save_model, write_safetensors
 from unleash.cli import main
+from unleash.modelfile import DEFAULTS
 from unleash.models.registration import RegistrationConfig, TwoStepRegistration
 from unleash.output_folder import MARKER
 
@@ -46,6 +48,11 @@ def tree() -> np.ndarray:
     array[10:30, 20:24, 10:46] = 1
     array[18:22, 8:40, 26:30] = 2
     return array
+
+
+def ct_like() -> np.ndarray:
+    """CT-like values [k, j, i] in HU (air to soft tissue, many distinct values) on the tree's grid."""
+    return (-1000 + 1400 * np.random.default_rng(0).random(tree().shape)).astype(np.int16)
 
 
 def write_scan(path: Path, array: np.ndarray | None = None, origin=(0.0, 0.0, 0.0), direction=None) -> Path:
@@ -82,6 +89,18 @@ def nifti_edited(path: Path, edit: Callable[[bytearray], None]) -> Path:
     data = bytearray(plain.read_bytes())
     plain.unlink()
     edit(data)
+    path.write_bytes(gzip.compress(bytes(data)) if path.name.endswith(".gz") else bytes(data))
+    return path
+
+
+def nifti_with_voxel(path: Path, value: float, dtype=np.float32) -> Path:
+    """The standard scan as float NIfTI with its middle voxel's bytes set to `value` (written past
+    SimpleITK, whose NIfTI writer and reader turn NaN into 0)."""
+    plain = write_scan(path.with_name("plain_" + path.name.removesuffix(".gz")), tree().astype(dtype))
+    data = bytearray(plain.read_bytes())
+    plain.unlink()
+    middle = len(data) - tree().size // 2 * np.dtype(dtype).itemsize
+    data[middle:middle + np.dtype(dtype).itemsize] = np.array([value], dtype).tobytes()
     path.write_bytes(gzip.compress(bytes(data)) if path.name.endswith(".gz") else bytes(data))
     return path
 
@@ -168,15 +187,32 @@ def output_is_a_file(w: Path, f: Fixtures) -> list[str]:
 
 # ---- model files with a damaged config ----
 
-def model_config(values) -> Callable[[Path, Fixtures], list[str]]:
+def edited_model(source: Path, values, path: Path) -> Path:
+    """The model file `source` with its config edited by `values`, written to `path`."""
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    config = values(json.loads(metadata["config"]))
+    return write_safetensors(path, tensors, {**metadata, "config": json.dumps(config)})
+
+
+def model_config(values, command: str = "register") -> Callable[[Path, Fixtures], list[str]]:
+    """`command` (register or evaluate) with the tiny registration model, its config edited by `values`."""
     def make(w: Path, f: Fixtures) -> list[str]:
-        with safe_open(str(f.model), framework="pt") as handle:
-            metadata = handle.metadata()
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        config = values(json.loads(metadata["config"]))
-        path = write_safetensors(w / "model.safetensors", tensors, {**metadata, "config": json.dumps(config)})
-        return register(w, f, None, None, None, "--model", str(path))
+        path = str(edited_model(f.model, values, w / "model.safetensors"))
+        if command == "evaluate":
+            return [*evaluate_limit("1")(w, f), "--model", path]
+        return register(w, f, None, None, None, "--model", path)
     return make
+
+
+def sampler_config(values) -> Callable[[Path, Fixtures], list[str]]:
+    """`unleash sample` with the shipped sampler file, its config edited by `values`."""
+    return lambda w, f: sample("--model", str(edited_model(DEFAULTS["sampler"], values, w / "sampler.safetensors")))(w, f)
+
+
+def wider_first_level(config: dict) -> dict:
+    return {**config, "channels": [config["channels"][0] * 2] + config["channels"][1:]}
 
 
 def nan_weights(w: Path, f: Fixtures) -> list[str]:
@@ -187,6 +223,12 @@ def nan_weights(w: Path, f: Fixtures) -> list[str]:
     tensors[name] = torch.full_like(tensors[name], float("nan"))
     path = write_safetensors(w / "model.safetensors", tensors, metadata)
     return register(w, f, None, None, None, "--model", str(path))
+
+
+def named_pipe(path: Path) -> Path:
+    """A FIFO: a reader that opened it would wait for a writer for ever."""
+    os.mkfifo(path)
+    return path
 
 
 def folder_scan(w: Path) -> Path:
@@ -305,6 +347,28 @@ def sample(*options: str) -> Callable[[Path, Fixtures], list[str]]:
     return lambda w, f: ["sample", "-n", "1", "-o", str(w / "out"), "--device", "cpu", *options]
 
 
+def training_pair(make_moving: Callable[[Path], Path], kind: str = "registration",
+                  suffix: str = ".nii.gz") -> Callable[[Path, Fixtures], list[str]]:
+    """A new `kind` run on a folder of two pairs: a good one and one whose moving scan `make_moving(path)`
+    writes (NIfTI cannot hold NaN: SimpleITK writes it as 0)."""
+    def make(w: Path, f: Fixtures) -> list[str]:
+        folder = w / "data"
+        for name in ("pair_0001_fixed.nii.gz", "pair_0001_moving.nii.gz", f"pair_0002_fixed{suffix}"):
+            write_scan(folder / name)
+        make_moving(folder / f"pair_0002_moving{suffix}")
+        return ["train", kind, "--data", str(folder), "--out", str(w / "run"), "--device", "cpu"]
+    return make
+
+
+def encode_pair(make_moving: Callable[[Path], Path]) -> Callable[[Path, Fixtures], list[str]]:
+    """`unleash encode` (the shipped sampler's VQ-autoencoder) on a folder with one good pair and one whose
+    moving scan `make_moving(path)` writes."""
+    def make(w: Path, f: Fixtures) -> list[str]:
+        argv = training_pair(make_moving)(w, f)
+        return ["encode", argv[argv.index("--data") + 1], "-o", str(w / "tokens"), "--model", str(DEFAULTS["sampler"])]
+    return make
+
+
 def train_data(kind: str, data: str | None, *options: str) -> Callable[[Path, Fixtures], list[str]]:
     """A new `kind` run on the folder `data` (relative to the workspace, made empty when it ends in /;
     None: the training pairs)."""
@@ -322,6 +386,8 @@ class Case:
     name: str
     make: Callable[[Path, Fixtures], list[str]]
     expected: str
+    # refused once torch is imported: whether weights fit a network is known when it is built (on the meta device)
+    needs_torch: bool = False
 
 
 CASES = [
@@ -356,6 +422,12 @@ CASES = [
          "do not overlap"),
     Case("reading", "NaN voxels",
          with_moving(lambda w: write_scan(w / "moving.nrrd", np.full((40, 48, 56), np.nan, np.float32))), "NaN"),
+    Case("reading", "a NaN voxel in a float .nii.gz",
+         with_moving(lambda w: nifti_with_voxel(w / "moving.nii.gz", float("nan"))), "NaN"),
+    Case("reading", "an infinite voxel in a float64 .nii",
+         with_moving(lambda w: nifti_with_voxel(w / "moving.nii", float("inf"), np.float64)), "infinite"),
+    Case("training data", "a NaN voxel in a training .nii.gz", training_pair(lambda path: nifti_with_voxel(path, float("nan"))),
+         "NaN"),
     Case("model config", "a JSON list", model_config(lambda c: [c]), "damaged"),
     Case("model config", "shape [1, 1, 1]", model_config(lambda c: {**c, "shape_xyz": [1, 1, 1]}), "shape_xyz"),
     Case("model config", "spacing 0", model_config(lambda c: {**c, "spacing_mm": 0}), "spacing_mm"),
@@ -366,9 +438,26 @@ CASES = [
     Case("model config", "lattice 0", model_config(lambda c: {**c, "lattice_mm": 0}), "lattice_mm"),
     Case("model config", "channels as text", model_config(lambda c: {**c, "channels": "16,32"}), "channels"),
     Case("model config", "shape of floats", model_config(lambda c: {**c, "shape_xyz": [81.5, 57, 81]}), "shape_xyz"),
+    Case("model fit", "a channel count edited", model_config(wider_first_level), "has the shape", True),
+    Case("model fit", "a level added", model_config(lambda c: {**c, "channels": c["channels"] + [8]}), "is missing", True),
+    Case("model fit", "a level removed", model_config(lambda c: {**c, "channels": c["channels"][:1]}),
+         "belongs to no part of the network", True),
+    Case("model fit", "sample: the VQ-autoencoder's channels edited",
+         sampler_config(lambda c: {**c, "vqae": wider_first_level(c["vqae"])}), "has the shape", True),
+    Case("model fit", "evaluate: a channel count edited",
+         model_config(wider_first_level, "evaluate"), "has the shape", True),
     Case("NaN/Inf", "a model with NaN weights", nan_weights, "NaN or infinite"),
     Case("NaN/Inf", "landmarks with NaN", landmarks(HEADER + "1,2,3,nan,2,3\n"), "not finite"),
     Case("NaN/Inf", "landmarks with Inf", landmarks(HEADER + "1,2,3,inf,2,3\n"), "not finite"),
+    Case("reading", "a named pipe as the moving scan", with_moving(lambda w: named_pipe(w / "moving.nii.gz")),
+         "not a regular file"),
+    Case("model config", "a character device as the model file",
+         lambda w, f: register(w, f, None, None, None, "--model", "/dev/zero"), "not a regular file"),
+    Case("landmarks", "a named pipe as the landmark file",
+         lambda w, f: register(w, f, None, None, None, "--landmarks", str(named_pipe(w / "landmarks.csv"))),
+         "not a regular file"),
+    Case("training settings", "--config a named pipe",
+         lambda w, f: new_run("--config", str(named_pipe(w / "settings.json")))(w, f), "not a regular file"),
     Case("landmarks", "no header", landmarks("1,2,3,1,2,3\n4,5,6,4,5,6\n"), "header"),
     Case("landmarks", "an index of 1e6", landmarks(HEADER + "1000000,2,3,1,2,3\n"), "outside the fixed scan"),
     Case("landmarks", "a negative index", landmarks(HEADER + "1,2,3,1,-7,3\n"), "outside the moving scan"),
@@ -381,6 +470,8 @@ CASES = [
     Case("training state", "a negative checkpoint step", damaged_run(edit_checkpoint(negative_step)), "step -3"),
     Case("training state", "a garbage metrics.csv", damaged_run(garbage_metrics), "metrics.csv"),
     Case("training state", "weights of the wrong shape", damaged_run(edit_checkpoint(wrong_shape)), "shape"),
+    Case("training state", "config.json's model edited", damaged_run(edit_config(
+        lambda c: {**c, "model": wider_first_level(c["model"])})), "do not fit the run's model", True),
     Case("training settings", "--lr inf", new_run("--lr", "inf"), "learning_rate"),
     Case("training settings", "--lr nan", new_run("--lr", "nan"), "learning_rate"),
     Case("training settings", "a NaN regularisation", config_file({"task": {"regularisation": float("nan")}}),
@@ -428,6 +519,25 @@ CASES = [
     Case("options", "sample more pairs than the disk holds", lambda w, f: ["sample", "-n", str(10**12), "-o", str(w / "out")],
          "MiB free"),
     Case("options", "train --seed 2^70", new_run("--seed", str(2 ** 70)), "--seed"),
+    Case("training data", "a training scan cut at 60 %",
+         training_pair(lambda path: cut(write_scan(path), 0.6)), "truncated"),
+    Case("training data", "a training scan with damaged bytes",
+         training_pair(lambda path: damaged_middle(write_scan(path))), "damaged"),
+    Case("training data", "a training scan of NaN voxels",
+         training_pair(lambda path: write_scan(path, np.full((40, 48, 56), np.nan, np.float32)), suffix=".nrrd"), "NaN"),
+    Case("training data", "vqae: a training scan of NaN voxels",
+         training_pair(lambda path: write_scan(path, np.full((40, 48, 56), np.nan, np.float32)), "vqae", ".nrrd"), "NaN"),
+    Case("training data", "a CT among the training vessel maps",
+         training_pair(lambda path: write_scan(path, ct_like())), "is not a vessel label map"),
+    Case("training data", "an empty training scan",
+         training_pair(lambda path: write_scan(path, np.zeros((40, 48, 56), np.uint8))), "is empty"),
+    Case("training data", "fixed and moving of different sizes",
+         training_pair(lambda path: write_scan(path, tree()[:, :, :40])), "differs"),
+    Case("model config", "encode with a decoder-only VQ-autoencoder", encode_pair(write_scan), "cannot encode pairs"),
+    Case("model config", "encode with no model file",
+         lambda w, f: [a for a in encode_pair(write_scan)(w, f) if a not in ("--model", str(DEFAULTS["sampler"]))],
+         "required: --model"),
+    Case("training data", "encode: a scan cut at 60 %", encode_pair(lambda path: cut(write_scan(path), 0.6)), "truncated"),
     Case("training data", "--data a missing folder", train_data("registration", "missing"), "no such folder"),
     Case("training data", "--data a folder without pairs", train_data("registration", "empty/"), "no image pairs"),
     Case("training data", "vqae --tokens a missing file", train_data("vqae", None, "--tokens", "none.npz"),

@@ -758,6 +758,16 @@ def test_dependency_plan():
     assert "PyTorch >=2.3" in installPlan([], numpyTorchClash("2.1.0", "2.2.2"))[0]
 
 
+def test_slicer_installs_every_engine_dependency():
+    """What pip installs for the engine (pyproject.toml) is what a Slicer job finds: PyTorch through its
+    extension, numpy and SimpleITK from Slicer, everything else from PIP_REQUIREMENTS."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib comes with Python 3.11")
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~ ;\[]", requirement, maxsplit=1)[0] for requirement in declared}
+    assert names == {"torch", *PROTECTED.values(), *PIP_REQUIREMENTS}
+
+
 def test_device_choices():
     devices = [{"id": "cpu", "name": "CPU", "memory_gb": None, "free_gb": None},
                {"id": "cuda:0", "name": "NVIDIA H200", "memory_gb": 139.8, "free_gb": 120.5},

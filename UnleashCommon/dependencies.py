@@ -22,10 +22,8 @@ PIP_REQUIREMENTS = {  # import name -> pip requirement
     "safetensors": "safetensors>=0.4,<1",
     "isal": "isal>=1.6,<2",  # gzip of the output fields, 5x faster than zlib (the engine falls back to zlib)
     "scipy": "scipy>=1.10,<2",
+    "matplotlib": "matplotlib>=3.7,<4",  # the previews of samples and training runs
 }
-# Needed only by the VQ-autoencoder (sampling, encoding, its training): asked for by those jobs alone,
-# so that registration's first run does not install it.
-SAMPLER_REQUIREMENTS = {"monai": "monai>=1.3,<2"}
 # Slicer ships these; an extension must never replace them.
 PROTECTED = {"numpy": "numpy", "SimpleITK": "SimpleITK"}  # import name -> distribution name
 
@@ -35,14 +33,13 @@ PYTORCH_EXTENSION_HELP = (
     "(Installing UnleashRegistration from the Extensions Manager installs it too.)")
 
 
-def missingPackages(findSpec: Callable = importlib.util.find_spec, sampler: bool = False) -> list[str]:
-    """Import names the engine needs that are not importable ('torch' first); `sampler`: also MONAI."""
-    names = ("torch", *PIP_REQUIREMENTS, *(SAMPLER_REQUIREMENTS if sampler else ()))
-    return [name for name in names if findSpec(name) is None]
+def missingPackages(findSpec: Callable = importlib.util.find_spec) -> list[str]:
+    """Import names the engine needs that are not importable ('torch' first)."""
+    return [name for name in ("torch", *PIP_REQUIREMENTS) if findSpec(name) is None]
 
 
 def pipRequirement(name: str) -> str | None:
-    return PIP_REQUIREMENTS.get(name) or SAMPLER_REQUIREMENTS.get(name)
+    return PIP_REQUIREMENTS.get(name)
 
 
 def installedVersion(distribution: str) -> str | None:
@@ -88,13 +85,12 @@ def constraintsText(versions: dict[str, str | None]) -> str:
     return "".join(f"{name}=={version}\n" for name, version in sorted(versions.items()) if version)
 
 
-def ensureDependencies(workDir: str | Path, parent=None, sampler: bool = False) -> bool:
+def ensureDependencies(workDir: str | Path, parent=None) -> bool:
     """Inside Slicer: check, ask once, install. True when jobs can run; False when the user declined.
-    `sampler`: the job uses the VQ-autoencoder, which needs MONAI too.
     Raises RuntimeError with guidance when PyTorch cannot be installed (no PyTorch extension)."""
     import slicer
 
-    missing = missingPackages(sampler=sampler)
+    missing = missingPackages()
     clash = None if "torch" in missing else numpyTorchClash(installedVersion("numpy"), installedVersion("torch"))
     if not missing and not clash:
         return True
@@ -125,7 +121,7 @@ def ensureDependencies(workDir: str | Path, parent=None, sampler: bool = False) 
     except Exception as exc:
         raise RuntimeError(f"Installing the Python packages for Unleash failed: {exc}") from exc
 
-    still = missingPackages(sampler=sampler)
+    still = missingPackages()
     if still:
         raise RuntimeError(f"still missing after the installation: {', '.join(still)}")
     if needsTorch and not slicer.app.testingEnabled():

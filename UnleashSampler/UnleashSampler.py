@@ -132,7 +132,7 @@ class UnleashSamplerWidget(JobPanelWidget):
             return
         p = self._parameterNode
         try:
-            if not ensureDependencies(slicer.app.temporaryPath, self.parent, sampler=True):
+            if not ensureDependencies(slicer.app.temporaryPath, self.parent):
                 return
         except RuntimeError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=_("Unleash Sampler"))

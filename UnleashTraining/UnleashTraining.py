@@ -220,9 +220,8 @@ class UnleashTrainingWidget(JobPanelWidget):
 
     def startJob(self, start) -> None:
         """Run start() (a logic call that launches a job), with the dependencies checked first."""
-        kind = self._parameterNode.modelKind
         try:
-            if not ensureDependencies(slicer.app.temporaryPath, self.parent, sampler=kind != "registration"):
+            if not ensureDependencies(slicer.app.temporaryPath, self.parent):
                 return
             with slicer.util.tryWithErrorDisplay(_("Could not start the training job."), waitCursor=True):
                 start()

@@ -20,6 +20,7 @@ from .models.denoiser import Denoiser
 from .models.registration import TwoStepRegistration
 from .models.sampler import Sampler
 from .models.vqae import VQAutoEncoder
+from .tensorfile import read_header
 
 # kind -> network class (its config class: models.config.CONFIGS); the only place that knows which network a kind is.
 NETWORKS = {"registration": TwoStepRegistration, "vqae": VQAutoEncoder, "denoiser": Denoiser, "sampler": Sampler}
@@ -63,26 +64,34 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
 
 def load_model(path: str | os.PathLike | None, kind: str, device: torch.device | str = "cpu"):
     """(network in eval mode, config, card) of a model file of `kind`; None means the shipped default.
-    Everything but whether the weights fit the network is checked before it is built (check_model_file)."""
+    Everything is checked before the network is built (check_model_file, check_fit)."""
     path = Path(path) if path is not None else DEFAULTS[kind]
     meta, config = check_model_file(path, kind)
+    check_fit(path, config)
     try:
         network = NETWORKS[kind](config)
         with safe_open(str(path), framework="pt") as handle:
-            state = {name: handle.get_tensor(name) for name in handle.keys()}
-        misfit = weights_misfit(network.state_dict(), state)
-        if misfit:
-            raise UserError(f"{path}: damaged or incompatible {kind} model (its weights do not fit the network its "
-                            f"config describes: {misfit})")
-        network.load_state_dict(state, strict=True)
+            network.load_state_dict({name: handle.get_tensor(name) for name in handle.keys()}, strict=True)
     except (ValueError, TypeError, RuntimeError, SafetensorError) as exc:
         raise UserError(f"{path}: damaged or incompatible {kind} model ({str(exc).splitlines()[0][:160]})") from None
     return network.to(device).eval(), config, meta["card"]
 
 
-def weights_misfit(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:
-    """What first keeps the weights `found` in a file from loading into a network with `expected`
-    (its state_dict), in words; None when every name and shape matches."""
+def check_fit(path: str | os.PathLike, config) -> None:
+    """UserError when the weights in a model file (checked by check_model_file, `config` its config) do
+    not fit the network that config describes. The network is built on the meta device (shapes only: no
+    memory, no initialisation) and compared with the file's header: this costs torch's import, little more."""
+    with torch.device("meta"):
+        network = NETWORKS[config.kind](config)
+    misfit = weights_misfit(network.state_dict(), read_header(path).tensors)
+    if misfit:
+        raise UserError(f"{path}: damaged or incompatible {config.kind} model (its weights do not fit the network "
+                        f"its config describes: {misfit})")
+
+
+def weights_misfit(expected: dict, found: dict) -> str | None:
+    """What first keeps the weights `found` in a file (tensors, or a header's entries) from loading into
+    a network with `expected` (its state_dict), in words; None when every name and shape matches."""
     for name, tensor in expected.items():
         if name not in found:
             return f"{name} is missing"

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .paths import require_file
 
 _PATTERNS = [
     (re.compile(r"^(case_\d+)_1(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd)$"), "_2"),
@@ -64,9 +65,7 @@ def read_landmarks(path: str | Path, fixed_grid=None, moving_grid=None) -> tuple
     """(fixed_ijk, moving_ijk), each (N, 3) continuous 0-based voxel indices (i, j, k). The header
     is required (without it the first landmark would be taken for one), every value must be a
     finite number, and with the grids given every index must lie inside its scan."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such landmark file")
+    path = require_file(path, "landmark file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte order mark
             rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]

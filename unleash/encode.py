@@ -28,10 +28,9 @@ from .devices import describe, resolve_device
 from .errors import UserError
 from .geometry import Grid, Volume, network_grid, read_volume, resample
 from .jobs import Progress
-from .modelfile import read_metadata
+from .modelfile import check_encoder_file
 from .models.vqae import VQAEConfig, VQAutoEncoder
 from .output_folder import atomic_output_dir, check_output_dir
-from .sample import require_monai
 
 POSTERIOR_MARGIN_MM = 8.0
 MAX_LABEL_VALUES = 8  # more distinct values than this: a CT or a soft map, not a vessel label map
@@ -59,16 +58,9 @@ def occupancy_ijk(volume: Volume, grid: Grid, path) -> tuple[torch.Tensor, float
 
 def load_vqae(path: str | None, device: torch.device) -> VQAutoEncoder:
     """The VQ-AE of a 'vqae' model file, or the one inside a 'sampler' model file."""
-    if path is None:
-        raise UserError("no VQ-autoencoder ships with this version of unleash: give a 'vqae' or 'sampler' model file")
-    require_monai()
-    if read_metadata(path)["config"].get("kind") == "sampler":
-        vqae = load_model(path, "sampler", device)[0].vqae
-    else:
-        vqae = load_model(path, "vqae", device)[0]
-    if not vqae.config.encoder:
-        raise UserError(f"{path}: its VQ-autoencoder was trained to decode given tokens only; it cannot encode pairs")
-    return vqae
+    _, config = check_encoder_file(path)
+    model = load_model(path, config.kind, device)[0]
+    return model.vqae if config.kind == "sampler" else model
 
 
 def dice(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -23,14 +23,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-try:
-    from isal import igzip
-except ImportError:  # optional: SimpleITK's zlib writes the same files, slower
-    igzip = None
-
 from .errors import UserError
-from .image_files import check_nifti, file_key, is_nifti, is_rotation
-from .paths import require_utf8
+from .image_files import check_nifti, file_key, igzip, is_nifti, is_rotation
+from .paths import require_file, require_utf8
 
 # ITK's warnings are raw multi-line text on stderr; what they warn of is checked and said here
 sitk.ProcessObject_SetGlobalWarningDisplay(False)
@@ -112,8 +107,7 @@ def check_image_file(path: str | os.PathLike) -> Grid:
     path = Path(require_utf8(path))
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not an image file (a DICOM series: convert it to NIfTI or NRRD first)")
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
+    require_file(path, "file")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: is empty (0 bytes)")
     if is_nifti(path):

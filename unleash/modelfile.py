@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .models.config import CONFIGS
-from .paths import require_utf8
+from .paths import require_file
 from .tensorfile import Header, nonfinite, read_header
 
 FORMAT = "unleash-model"
@@ -40,11 +40,7 @@ def model_metadata(metadata: dict[str, str], path: str | os.PathLike) -> dict:
 
 
 def _header(path: str | os.PathLike) -> Header:
-    path = Path(require_utf8(path))
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder, not a model file")
-    if not path.is_file():
-        raise UserError(f"{path}: no such model file")
+    path = require_file(path, "model file")
     try:
         return read_header(path)
     except (OSError, ValueError) as exc:
@@ -74,6 +70,17 @@ def check_model_file(path: str | os.PathLike, *kinds: str):
         raise UserError(f"{path}: not a readable unleash model file ({exc})") from None
     if broken:
         raise UserError(f"{path}: the weights hold NaN or infinite values ({broken[0]}): a damaged or diverged model")
+    return meta, config
+
+
+def check_encoder_file(path: str | os.PathLike | None):
+    """check_model_file of a 'vqae' or 'sampler' model file whose VQ-autoencoder can encode pairs (None:
+    none ships); UserError otherwise."""
+    if path is None:
+        raise UserError("no VQ-autoencoder ships with this version of unleash: give a 'vqae' or 'sampler' model file")
+    meta, config = check_model_file(path, "vqae", "sampler")
+    if not getattr(config, "vqae", config).encoder:
+        raise UserError(f"{path}: its VQ-autoencoder was trained to decode given tokens only; it cannot encode pairs")
     return meta, config
 
 

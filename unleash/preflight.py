@@ -1,6 +1,8 @@
 """What the CLI checks of a command's inputs and outputs before it imports the engine (torch and
-the models take seconds to import): bad input is refused at once, in well under 2 s. Nothing here
-imports torch. The engine functions run the same checks again for callers from Python; a file
+the models take seconds to import): bad input is refused at once, in well under 2 s. Every check
+but the last runs before torch is imported; the last, whether a model file's or a checkpoint's
+weights fit the network of their config, imports torch and builds the network on the meta device
+(shapes only). The engine functions run the same checks again for callers from Python; a file
 that was verified once is not read again for it (image_files, geometry.read_volume)."""
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from .errors import UserError
 from .geometry import check_image_file, check_overlap, read_volume
 from .input_kind import check_voxel_values, detect_input_kind
 from .jobspec import DEVICE_HELP, MAX_ADAPT_ITERS, MAX_SEED, REFINEMENTS, SCHEDULES, STARTS, EngineDefault
-from .modelfile import DEFAULTS, check_model_file
+from .modelfile import DEFAULTS, check_encoder_file, check_model_file
 from .output_folder import check_output_dir
 from .sample_space import check_free_space, sample_grid
 
@@ -101,9 +103,10 @@ def preflight(args) -> None:
     check_seed(given.get("seed"))
     if "refinement" in given:  # register, evaluate, demo
         register_start(args.refinement, args.start, None if isinstance(args.adapt_iters, EngineDefault) else args.adapt_iters)
-    model_config = None
+    model_config = given_config = None
     if given.get("model") and command in MODEL_KINDS:
-        _, model_config = check_model_file(args.model, *MODEL_KINDS[command])
+        _, given_config = check_model_file(args.model, *MODEL_KINDS[command])
+        model_config = given_config
     if command == "register":
         check_output_dir(args.output, args.overwrite, [args.fixed, args.moving, args.landmarks, args.model])
         fixed, moving = check_image_file(args.fixed), check_image_file(args.moving)
@@ -125,9 +128,19 @@ def preflight(args) -> None:
     elif command == "demo":
         check_output_dir(args.output, args.overwrite, [args.model])
     elif command == "encode":
-        find_pairs(args.folder)
+        from .train.data import check_pairs
+
+        check_pairs([find_pairs(args.folder)])
+        check_encoder_file(args.model)
         check_output_dir(args.output, args.overwrite, [args.folder, args.model])
     elif command == "train":
         from .train.runconfig import TrainOptions, check_run
 
-        check_run(engine_options(TrainOptions, args))
+        run = check_run(engine_options(TrainOptions, args))
+        from .train.state import check_fits  # torch: after every other check
+
+        check_fits(run)
+    if given_config is not None:
+        from .checkpoints import check_fit  # torch: after every other check
+
+        check_fit(args.model, given_config)

@@ -18,7 +18,6 @@ direction (LPS), origin chosen so that the volume's centre is at (0, 0, 0) mm. T
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import time
@@ -191,16 +190,10 @@ class SampleOptions:
         check_sample_options(count, self.schedule, self.steps, self.temperature, self.batch_size)
 
 
-def require_monai() -> None:
-    if importlib.util.find_spec("monai") is None:
-        raise UserError("the VQ-autoencoder needs MONAI, which is not installed (pip install 'monai>=1.3')")
-
-
 def load_sampler(path: str | None, device: torch.device) -> tuple[Sampler, dict]:
     """The sampler of a model file; None: the shipped one."""
     if path is None and not DEFAULTS["sampler"].is_file():
         raise UserError(NO_DEFAULT_MODEL)
-    require_monai()
     model, _, card = load_model(path, "sampler", device)
     if device.type == "cpu":
         model.vqae.channels_last()

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import init
 from .config import DenoiserConfig
 
 
@@ -60,13 +61,13 @@ class Denoiser(nn.Module):
     def __init__(self, config: DenoiserConfig):
         super().__init__()
         self.config = config
-        self.token_embedding = nn.Embedding(config.codebook_size + 1, config.width)
-        self.position_embedding = nn.Embedding(config.tokens, config.width)  # learned, one per grid cell
+        self.token_embedding = init.embedding(config.codebook_size + 1, config.width)
+        self.position_embedding = init.embedding(config.tokens, config.width)  # learned, one per grid cell
         self.transformer = nn.Sequential(*[Block(config) for _ in range(config.layers)])
         self.layer_norm = nn.LayerNorm(config.width)
         self.head = nn.Linear(config.width, config.codebook_size, bias=False)
         for embedding in (self.token_embedding, self.position_embedding, self.head):
-            nn.init.normal_(embedding.weight, 0.0, 0.02)
+            init.normal_(embedding.weight, 0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.token_embedding(tokens) + self.position_embedding.weight

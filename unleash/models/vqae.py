@@ -1,8 +1,9 @@
 """The VQ-autoencoder that turns a fixed+moving vessel pair into a grid of discrete tokens and back.
 
-A MONAI AutoEncoder with 2 input channels (fixed, moving occupancy) and 4 output channels (two
-2-class softmaxes: fixed background/vessel, moving background/vessel); between encoder and decoder
-each latent vector is replaced by its nearest codebook entry, whose index is the token.
+A convolutional autoencoder (autoencoder.py: MONAI's AutoEncoder architecture) with 2 input
+channels (fixed, moving occupancy) and 4 output channels (two 2-class softmaxes: fixed
+background/vessel, moving background/vessel); between encoder and decoder each latent vector
+is replaced by its nearest codebook entry, whose index is the token.
 
 Axis order: the paper's. Volumes are tensors (N, C, I, J, K) in nibabel (i, j, k) order, so a token
 grid (N, I/16, J/16, K/16) has the axes of the paper's token files: (16, 13, 16) <-> (256, 208, 256).
@@ -14,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import init
+from .autoencoder import AutoEncoder
 from .config import VQAEConfig
 
 COMMITMENT = 0.25  # beta of the VQ loss (van den Oord et al.; the paper's value)
@@ -37,13 +40,9 @@ class VQAutoEncoder(nn.Module):
 
     def __init__(self, config: VQAEConfig):
         super().__init__()
-        # imported here: registration never needs MONAI, and importing it costs seconds
-        from monai.networks.nets import AutoEncoder
-
         self.config = config
-        self.autoencoder = AutoEncoder(spatial_dims=3, in_channels=2, out_channels=4,
-                                       channels=config.channels, strides=config.strides)
-        self.codebook = nn.Embedding(config.codebook_size, config.channels[-1])
+        self.autoencoder = AutoEncoder(in_channels=2, out_channels=4, channels=config.channels, strides=config.strides)
+        self.codebook = init.embedding(config.codebook_size, config.channels[-1])
         nn.init.uniform_(self.codebook.weight, -1 / config.codebook_size, 1 / config.codebook_size)
         if not config.encoder:
             self.autoencoder.encode.requires_grad_(False)

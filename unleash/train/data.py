@@ -14,7 +14,10 @@ import numpy as np
 
 from ..datasets import PairFiles, find_pairs
 from ..errors import UserError
-from ..geometry import Volume, read_volume
+from ..geometry import Volume, check_image_file, read_volume
+from ..image_files import file_key
+from ..input_kind import detect_input_kind
+from ..paths import require_file
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ def pair_files(sources: list[Source]) -> list[list[PairFiles]]:
 
 
 def read_pair(files: PairFiles) -> tuple[Volume, Volume]:
-    """Both scans of a training pair, which must share one voxel grid size."""
+    """Both scans of a training pair: vessel label maps (finite, not empty) that share one voxel grid size."""
     fixed, moving = read_volume(files.fixed), read_volume(files.moving)
     if fixed.array.shape != moving.array.shape:
         raise UserError(f"{files.moving}: its size {moving.grid.size} differs from its fixed scan's {fixed.grid.size} "
@@ -80,15 +83,37 @@ def read_pair(files: PairFiles) -> tuple[Volume, Volume]:
     for path, volume in ((files.fixed, fixed), (files.moving, moving)):
         if not volume.array.any():
             raise UserError(f"{path}: is empty (no vessel voxels)")
+        try:
+            kind = detect_input_kind(volume)
+        except UserError as exc:
+            raise UserError(f"{path}: {exc}") from None
+        if kind != "vessels":
+            raise UserError(f"{path}: is not a vessel label map (its values are a CT's)")
     return fixed, moving
+
+
+_verified: set[tuple] = set()  # pairs read and found good by check_pairs, as (file_key(fixed), file_key(moving))
+
+
+def check_pairs(groups: list[list[PairFiles]]) -> None:
+    """Every training pair as read_pair takes it, before the run starts: first every file's bytes (a cut
+    or damaged file is found without reading any voxels), then each pair's voxels, which are read
+    again by the trainer (keeping them would double the memory of a large data set)."""
+    pairs = [files for group in groups for files in group]
+    for path in (path for files in pairs for path in (files.fixed, files.moving)):
+        check_image_file(path)
+    for files in pairs:
+        key = (file_key(files.fixed), file_key(files.moving))
+        if key not in _verified:
+            read_pair(files)
+            _verified.add(key)
 
 
 def read_token_grids(path: Path, codebook_size: int, token_shape_ijk) -> tuple[np.ndarray, list[str]]:
     """(tokens int64 (N, I, J, K), names) from a token file or a folder holding tokens.npz."""
     if path.is_dir():
         path = path / "tokens.npz"
-    if not path.is_file():
-        raise UserError(f"{path}: no such token file (the denoiser trains on tokens.npz files from `unleash encode`)")
+    require_file(path, "token file", " (the denoiser trains on tokens.npz files from `unleash encode`)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             if "tokens" not in archive:

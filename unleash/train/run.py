@@ -10,10 +10,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from .. import __version__
-from ..checkpoints import NETWORKS, load_model, save_model
+from ..checkpoints import load_model, save_model
 from ..devices import describe
 from ..errors import UserError
 from ..jobs import Progress
@@ -58,12 +56,9 @@ def train_command(options: TrainOptions, progress: Progress, argv: list[str] | N
     config, folder_path, model_config, settings = checked.config, checked.folder, checked.model_config, checked.settings
     if options.resume and checked.resume is None:  # stopped before its first checkpoint (e.g. killed)
         progress.log(f"{folder_path}: no checkpoint yet; the run starts again from step 0")
+    check_fits(checked)
     initial = _initial(checked.init, options.kind) if checked.init else None
-    resume = None
-    if checked.resume is not None:
-        resume = load_state(checked.resume.path, options.kind)
-        with torch.device("meta"):  # shapes only: the one check that needs the network built
-            check_fits(resume, NETWORKS[options.kind](model_config), checked.resume.path)
+    resume = load_state(checked.resume.path, options.kind) if checked.resume is not None else None
     # a denoiser run names the VQ-AE whose tokens it learns (checked to fit by check_run): the result is a sampler
     sampler_parts = _sampler_parts(config["vqae"]) if config.get("vqae") else None
     processes, device = distributed.start(options.device)

@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..jobspec import DEFAULT_DEVICE, TRAINING_DEFAULTS
 from ..modelfile import check_model_file
 from ..models.config import CONFIGS, SamplerConfig
-from .data import Source, pair_files, parse_source, read_token_grids
+from .data import Source, check_pairs, pair_files, parse_source, read_token_grids
 from .rundir import RunFolder, check_new_run_dir, kept_metrics, read_run_config
 from .settings import TASKS, TrainingSettings, dataclass_from, merged, read_config_file
 from .statefile import StateHeader, read_state_header
@@ -121,13 +121,14 @@ def check_vqae_file(path: str, denoiser_config) -> None:
 
 
 def check_data(config: dict, model_config, task) -> None:
-    """The data folders hold what the kind trains on: pairs, or token files (found here; the trainer reads them)."""
+    """The data folders hold what the kind trains on: token files (found here; the trainer reads them), or
+    pairs (each read and checked)."""
     folders = [Path(entry["path"]) for entry in config["data"] + config["validation"]]
     if config["kind"] == "denoiser":
         for folder in folders:
             read_token_grids(folder, model_config.codebook_size, model_config.token_shape_ijk)
         return
-    pair_files([Source(folder) for folder in folders])
+    check_pairs(pair_files([Source(folder) for folder in folders]))
     if getattr(task, "token_file", None):
         read_token_grids(Path(task.token_file), model_config.codebook_size, model_config.token_shape_ijk)
 

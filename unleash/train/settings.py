@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..jobspec import MAX_SEED
 from ..models.config import check_grid, check_values, require
+from ..paths import require_file
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -129,11 +130,9 @@ def merged(base: dict, override: dict) -> dict:
 
 
 def read_config_file(path: str | Path) -> dict:
-    path = Path(path)
+    path = require_file(path, "config file")
     try:
         values = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such config file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: not a readable JSON config ({exc})") from None
     if not isinstance(values, dict):

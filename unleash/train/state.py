@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..checkpoints import weights_misfit, write_safetensors
+from ..checkpoints import NETWORKS, check_fit, weights_misfit, write_safetensors
 from ..errors import UserError
-from .statefile import FORMAT, FORMAT_VERSION, MODEL_PREFIX, read_state_header, unpack
+from ..modelfile import check_model_file, model_kind
+from .runconfig import CheckedRun
+from .statefile import FORMAT, FORMAT_VERSION, MODEL_PREFIX, StateHeader, read_state_header, unpack
 
 
 def _pack(value, tensors: dict, name: str):
@@ -72,15 +74,28 @@ def load_state(path: str | os.PathLike, kind: str) -> TrainingState:
                          unpack(checked.skeleton["scaler"], tensors), checked.best)
 
 
-def check_fits(state: TrainingState, network: torch.nn.Module, path) -> None:
-    """The checkpoint's weights and optimiser moments have the shapes of the run's network (built
-    on the meta device: shapes only), so that a mismatch is said before anything is written."""
-    misfit = weights_misfit(network.state_dict(), state.model)
+def check_fits(run: CheckedRun) -> None:
+    """The model files a run starts from fit their networks, and the checkpoint it resumes fits the run's:
+    from the files' headers and networks built on the meta device (shapes only), before any weights are
+    read or anything is written. `unleash train` runs it right after the torch-free checks (preflight)."""
+    for path in filter(None, (run.init, run.config.get("vqae"))):
+        check_fit(path, check_model_file(path, model_kind(path))[1])
+    if run.resume is not None:
+        with torch.device("meta"):
+            network = NETWORKS[run.config["kind"]](run.model_config)
+        checkpoint_fits(run.resume, network)
+
+
+def checkpoint_fits(checked: StateHeader, network: torch.nn.Module) -> None:
+    """The checkpoint's weights and optimiser moments (from its header) have the shapes of `network`'s."""
+    path, tensors = checked.path, checked.header.tensors
+    weights = {name[len(MODEL_PREFIX):]: entry for name, entry in tensors.items() if name.startswith(MODEL_PREFIX)}
+    misfit = weights_misfit(network.state_dict(), weights)
     if misfit:
         raise UserError(f"{path}: the checkpoint's weights do not fit the run's model ({misfit})")
     shapes = [tuple(p.shape) for p in network.parameters()]
     try:
-        moments = state.optimiser["state"]
+        moments = unpack(checked.skeleton["optimiser"], tensors)["state"]
         for index, entry in moments.items():
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in entry and tuple(entry[key].shape) != shapes[int(index)]:
