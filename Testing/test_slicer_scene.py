@@ -122,7 +122,7 @@ def test_the_forward_transform_maps_points_as_simpleitk_maps_the_file(loaded, en
     moved = transformPoints(loaded["result"].forwardTransform, points)
     error = np.linalg.norm(moved - expected, axis=1)
     assert np.abs(expected - points).max() > 1.0  # the field moves points: the check can tell a sign error
-    assert error.mean() < 0.05 and error.max() < 0.3, (error.mean(), error.max())  # Slicer interpolates cubically
+    assert error.max() < 1e-3, error.max()  # both interpolate the field linearly
 
 
 def test_forward_then_inverse_returns_to_the_start(loaded, engine_result):
@@ -278,6 +278,11 @@ def test_a_result_survives_saving_and_loading_the_scene(loaded, engine_result, t
     assert moving.GetTransformNodeID() == forward.GetID()
     assert forward.GetDisplayNode().GetGridSpacingMm() == 20.0
     points = lpsPoints(sitk.ReadImage(engine_result["files"]["jacobian_determinant"]), 50)
+    # Slicer reads a saved grid transform back with cubic interpolation (the module loads it linearly, as ITK
+    # and the engine interpolate it): close on this 4 mm lattice, and the same field
+    cubic = np.linalg.norm(transformPoints(forward, points) - transformPoints(result.forwardTransform, points), axis=1)
+    assert cubic.mean() < 0.2 and cubic.max() < 0.5, (cubic.mean(), cubic.max())
+    forward.GetTransformFromParent().SetInterpolationModeToLinear()
     assert np.allclose(transformPoints(forward, points), transformPoints(result.forwardTransform, points), atol=1e-3)
     assert np.array_equal(array(again.jacobianVolume), array(result.jacobianVolume))
     assert registration.resultFromTransform(None).forwardTransform is None

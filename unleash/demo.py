@@ -15,7 +15,7 @@ from .outputs import FILES
 from .pipeline import RegisterOptions, register_files
 from .preview import overview_png
 from .synthetic import example_pair, true_tre_mm
-from .transforms import displacement_image, read_displacement
+from .transforms import displacement_image, read_displacement_on
 
 MAX_DISPLACEMENT_MM = 12.0
 
@@ -30,7 +30,7 @@ def run_demo(output_dir, options: RegisterOptions, progress: Progress, overwrite
         write_image(displacement_image(true_u, fixed.grid), staging / "true_displacement.nii.gz")
         report = register_files(staging / "fixed.nii.gz", staging / "moving.nii.gz", staging / "registration",
                                 RegisterOptions(**{**options.__dict__, "landmarks": None}), progress)
-        estimated_u, _ = read_displacement(staging / "registration" / FILES["displacement"])
+        estimated_u = read_displacement_on(staging / "registration" / FILES["displacement"], fixed.grid)
         vessels = fixed.array > 0
         summary = {
             "true_error_mm_before": true_tre_mm(np.zeros_like(true_u), true_u, vessels),

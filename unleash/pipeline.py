@@ -107,7 +107,7 @@ def register_files(fixed_path, moving_path, output_dir, options: RegisterOptions
     }
     if options.landmarks:
         before = landmark_errors_mm(pair, None, options.landmarks)
-        after = landmark_errors_mm(pair, scan.forward_lps_mm, options.landmarks)
+        after = landmark_errors_mm(pair, scan.forward_lps_mm, options.landmarks, field_grid=scan.forward_grid)
         report["tre_before_mm"], report["tre_after_mm"] = percentiles(before), percentiles(after)
         report["landmark_errors_mm"] = {"before": [round(float(e), 3) for e in before],
                                         "after": [round(float(e), 3) for e in after]}

@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from .fields import det3
 from .geometry import Grid, Volume
+from .workgrid import field_to_grid
 
 
 def axis_steps_lps(grid: Grid) -> np.ndarray:
@@ -35,6 +36,12 @@ def displacement_image(displacement_lps_mm: np.ndarray, grid: Grid) -> sitk.Imag
 def read_displacement(path) -> tuple[np.ndarray, Grid]:
     image = sitk.ReadImage(str(path), sitk.sitkVectorFloat64)
     return np.moveaxis(sitk.GetArrayFromImage(image), -1, 0).astype(np.float32), Grid.of(image)
+
+
+def read_displacement_on(path, grid: Grid) -> np.ndarray:
+    """A displacement file linearly interpolated at every voxel of `grid` (as ITK reads it): (3, k, j, i) LPS mm."""
+    displacement, field_grid = read_displacement(path)
+    return field_to_grid(torch.from_numpy(displacement)[None], field_grid, grid)
 
 
 def jacobian_determinant(displacement_lps_mm: np.ndarray, grid: Grid, slab: int = 32) -> np.ndarray:
@@ -76,9 +83,11 @@ def displacement_at(displacement_lps_mm: np.ndarray, grid: Grid, points_lps: np.
                      for c in range(3)], axis=1)
 
 
-def warp_volume(moving: Volume, displacement_lps_mm: np.ndarray, fixed_grid: Grid, labels: bool) -> Volume:
-    """`moving` resampled onto the fixed grid through the field (nearest neighbour for label maps)."""
-    field = sitk.Cast(displacement_image(displacement_lps_mm, fixed_grid), sitk.sitkVectorFloat64)
+def warp_volume(moving: Volume, displacement_lps_mm: np.ndarray, field_grid: Grid, fixed_grid: Grid,
+                labels: bool) -> Volume:
+    """`moving` resampled onto the fixed grid through the field on `field_grid` (ITK interpolates it linearly;
+    nearest neighbour for the voxels of label maps)."""
+    field = sitk.Cast(displacement_image(displacement_lps_mm, field_grid), sitk.sitkVectorFloat64)
     transform = sitk.DisplacementFieldTransform(field)
     image = moving.to_sitk()
     default = 0.0 if labels else float(np.min(moving.array))

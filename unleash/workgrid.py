@@ -7,6 +7,8 @@ occupancy is sampled at half the work spacing and averaged down, so thin vessels
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,27 +43,39 @@ def lung_center_lps(vessels: Volume, lungs: np.ndarray) -> np.ndarray:
     return foreground_center_lps(vessels, lungs)
 
 
-def field_to_grid(displacement_mm: torch.Tensor, source: Grid, target: Grid, chunk_slices: int = 24) -> np.ndarray:
-    """Sample u (1, 3, D, H, W) defined on the work grid `source` at every voxel of `target` and
-    return (3, k, j, i) float32 LPS mm on `target`. Outside the work grid the border value is
-    continued, so the field stays smooth beyond the lungs. Both grids are affine in the voxel
+def covering(grid: Grid, scan: Grid) -> Grid:
+    """`grid`'s own lattice (spacing, direction, voxel positions) over the smallest box that holds every
+    voxel centre of `scan`. A work-grid field sampled there keeps the work grid's values at its nodes, so
+    its linear interpolation (ITK's and Slicer's) is the transform itself, not a resampling of it."""
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in scan.size])), np.float64)
+    index = grid.physical_to_index(scan.index_to_physical(corners))
+    low, high = np.floor(index.min(0) + 1e-4), np.ceil(index.max(0) - 1e-4)  # 1e-4 voxel: rounding, not a node
+    return Grid(tuple(int(n) for n in high - low + 1), grid.spacing_mm, tuple(grid.index_to_physical(low[None])[0]),
+                grid.direction)
+
+
+def field_to_grid(field: torch.Tensor, source: Grid, target: Grid, chunk_slices: int = 24) -> np.ndarray:
+    """Sample a field (1, C, D, H, W) defined on the grid `source` at every voxel of `target` and return
+    (C, k, j, i) float32 on `target` (a displacement: C = 3, LPS mm). Outside `source` the border value
+    is continued, so a displacement stays smooth beyond the lungs. Both grids are affine in the voxel
     index, so target index -> source normalised coordinates is one 3x4 matrix."""
     size_i, size_j, size_k = target.size
-    d, h, w = displacement_mm.shape[2:]
+    d, h, w = field.shape[2:]
+    channels = field.shape[1]
     corners = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float64)
     mapped = 2 * source.physical_to_index(target.index_to_physical(corners)) / np.array([w - 1, h - 1, d - 1]) - 1
     origin, steps = mapped[0], mapped[1:] - mapped[0]  # steps[a]: normalised step per target index along axis a
     affine = torch.from_numpy(np.concatenate([steps, origin[None]], 0).astype(np.float32))  # (4, 3)
-    out = np.empty((3, size_k, size_j, size_i), np.float32)
+    out = np.empty((channels, size_k, size_j, size_i), np.float32)
     ii = torch.arange(size_i, dtype=torch.float32)
     jj = torch.arange(size_j, dtype=torch.float32)
-    u = displacement_mm.float()
+    u = field.float()
     for k0 in range(0, size_k, chunk_slices):
         kk = torch.arange(k0, min(size_k, k0 + chunk_slices), dtype=torch.float32)
         k, j, i = torch.meshgrid(kk, jj, ii, indexing="ij")
         homogeneous = torch.stack([i, j, k, torch.ones_like(i)], dim=-1)  # (k, j, i, 4)
         points = (homogeneous @ affine).reshape(-1, 3)  # (k j i, 3) normalised (x, y, z)
-        out[:, k0:k0 + len(kk)] = _sample_on_two_cores(u, points).reshape(3, len(kk), size_j, size_i).numpy()
+        out[:, k0:k0 + len(kk)] = _sample_on_two_cores(u, points).reshape(channels, len(kk), size_j, size_i).numpy()
     return out
 
 

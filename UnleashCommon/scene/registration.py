@@ -71,7 +71,7 @@ def loadDisplacementField(logics, path: str, name: str):
     transform = slicer.vtkOrientedGridTransform()
     transform.SetDisplacementGridData(grid)
     transform.SetGridDirectionMatrix(direction)
-    transform.SetInterpolationModeToCubic()  # Slicer's default for grid transforms read from files
+    transform.SetInterpolationModeToLinear()  # as ITK and the engine interpolate the field (Slicer reads files cubic)
     node = logics.scene.AddNewNodeByClass("vtkMRMLGridTransformNode", name)
     node.SetAndObserveTransformFromParent(transform)
     return node
