@@ -8,6 +8,7 @@ The loss is symmetric (moving onto fixed and fixed onto moving) with a diffusion
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -86,10 +87,10 @@ def refine(images: list[Occupancy], config: RefineConfig, on_iteration=None,
         shape = lattice_shape(box.fixed.shape[2:], box.spacing_mm, lattice_mm)
         start = torch.zeros(1, 3, *shape, device=a.device) if velocity is None else fields.resize(velocity, shape)
         velocity = start.clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([velocity], lr=config.learning_rate_mm)
+        optimiser = Adam(velocity, config.learning_rate_mm)
         level_loss = _LevelLoss(a, b, image_spacing, shape, config)
         for _ in range(iterations):
-            optimiser.zero_grad(set_to_none=True)
+            velocity.grad = None
             loss = level_loss(velocity)
             loss.backward()
             optimiser.step()
@@ -99,6 +100,27 @@ def refine(images: list[Occupancy], config: RefineConfig, on_iteration=None,
                 on_iteration(done, total, loss.item(), work=min(1.0, work_done / sum(costs)))
         velocity = velocity.detach()
     return velocity
+
+
+class Adam:
+    """Adam (Kingma and Ba, 2015) on one tensor, step for step as torch.optim.Adam computes it. Written out
+    because the first torch.optim optimiser of a process imports torch._dynamo: 1.5 s of start-up."""
+
+    def __init__(self, parameter: torch.Tensor, learning_rate: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.parameter, self.learning_rate, self.betas, self.eps = parameter, learning_rate, betas, eps
+        self.mean = torch.zeros_like(parameter)
+        self.mean_square = torch.zeros_like(parameter)
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        (beta1, beta2), gradient = self.betas, self.parameter.grad
+        self.steps += 1
+        self.mean.lerp_(gradient, 1 - beta1)
+        self.mean_square.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+        step_mm = self.learning_rate / (1 - beta1 ** self.steps)
+        denominator = (self.mean_square.sqrt() / math.sqrt(1 - beta2 ** self.steps)).add_(self.eps)
+        self.parameter.addcdiv_(self.mean, denominator, value=-step_mm)
 
 
 def _iteration_cost(box: Occupancy, source: Occupancy, lattice_mm: float, image_mm: float, config: RefineConfig) -> float:
@@ -129,12 +151,15 @@ class _LevelLoss:
     def _chosen(self):
         """The next `max_points` of the points near the vessels, in one shuffled order per pass: each
         point is used once per pass, and there is one shuffle per pass instead of one per iteration
-        (a randperm of the 1.5 M points at 1 mm cost 7 % of an iteration)."""
+        (a randperm of the 1.5 M points at 1 mm cost 7 % of an iteration). Each iteration's share is in
+        raster order, so that sampling the 1 mm images and the lattice reads memory in order: 15 % of the
+        1 mm level's time."""
         count, size = len(self.near), self.config.max_points
         if count <= size:
             return slice(None)
         if self._order is None or self._next + size > count:
-            self._order, self._next = torch.randperm(count, device=self.near.device), 0
+            shares = torch.randperm(count, device=self.near.device)[:count // size * size].view(-1, size)
+            self._order, self._next = shares.sort(dim=1).values.flatten(), 0
         self._next += size
         return self._order[self._next - size:self._next]
 

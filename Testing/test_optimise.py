@@ -1,0 +1,47 @@
+"""The refinement's own pieces: its Adam, the shares of near-vessel points it samples, and what it imports."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from unleash.optimise import Adam, RefineConfig, _LevelLoss
+
+
+def test_the_written_out_adam_steps_exactly_as_torch_optim_adam():
+    target = torch.randn(1, 3, 5, 6, 7, generator=torch.Generator().manual_seed(0))
+    mine = torch.zeros(1, 3, 5, 6, 7, requires_grad=True)
+    theirs = mine.detach().clone().requires_grad_(True)
+    adam, reference = Adam(mine, 0.5), torch.optim.Adam([theirs], lr=0.5)
+    for _ in range(30):
+        for velocity in (mine, theirs):
+            velocity.grad = None
+            (velocity.sin() - target).pow(2).sum().backward()
+        adam.step()
+        reference.step()
+    assert torch.equal(mine, theirs) and (mine - target).abs().mean() < 0.5 * target.abs().mean()
+
+
+def test_each_iteration_takes_a_fresh_share_of_the_near_vessel_points_in_raster_order():
+    generator = torch.Generator().manual_seed(1)
+    a, b = torch.rand(1, 1, 20, 21, 22, generator=generator), torch.rand(1, 1, 20, 21, 22, generator=generator)
+    loss = _LevelLoss(a, b, 1.0, (6, 6, 6), RefineConfig(max_points=1000))
+    count = len(loss.near)
+    shares = [loss._chosen() for _ in range(count // 1000)]  # one pass
+    assert all(len(s) == 1000 and bool((s[1:] > s[:-1]).all()) for s in shares)  # sorted, no repeats
+    assert len(torch.cat(shares).unique()) == count // 1000 * 1000  # each point at most once a pass
+    assert not torch.equal(loss._chosen(), shares[0])  # the next pass is shuffled anew
+
+
+def test_the_refinement_does_not_import_the_compiler():
+    """torch.optim's first optimiser imports torch._dynamo (1.5 s on two cores); the refinement needs none."""
+    code = ("import sys, torch\n"
+            "from unleash.optimise import Occupancy, RefineConfig, refine\n"
+            "image = torch.rand(1, 1, 17, 17, 17)\n"
+            "refine([Occupancy(image, image.roll(1, 2), 4.0)], RefineConfig(lattice_mm=[16.0], image_mm=[4.0], "
+            "blur_mm=[4.0], iterations=[2]))\n"
+            "assert 'torch._dynamo' not in sys.modules\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+
