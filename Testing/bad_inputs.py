@@ -215,6 +215,17 @@ def wider_first_level(config: dict) -> dict:
     return {**config, "channels": [config["channels"][0] * 2] + config["channels"][1:]}
 
 
+def model_metadata(key: str, value: str) -> Callable[[Path, Fixtures], list[str]]:
+    """register with the tiny model, its safetensors metadata entry `key` set to `value`."""
+    def make(w: Path, f: Fixtures) -> list[str]:
+        with safe_open(str(f.model), framework="pt") as handle:
+            metadata = handle.metadata()
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        path = write_safetensors(w / "model.safetensors", tensors, {**metadata, key: value})
+        return register(w, f, None, None, None, "--model", str(path))
+    return make
+
+
 def nan_weights(w: Path, f: Fixtures) -> list[str]:
     with safe_open(str(f.model), framework="pt") as handle:
         metadata = handle.metadata()
@@ -289,6 +300,10 @@ def negative_step(metadata: dict, tensors: dict) -> None:
 def wrong_shape(metadata: dict, tensors: dict) -> None:
     name = next(n for n in tensors if n.startswith("model.") and tensors[n].dim() == 5)
     tensors[name] = torch.zeros(*tensors[name].shape[:-1], tensors[name].shape[-1] + 1)
+
+
+def newer_format(metadata: dict, tensors: dict) -> None:
+    metadata["format_version"] = "99"
 
 
 def garbage_metrics(run: Path) -> None:
@@ -428,6 +443,11 @@ CASES = [
          with_moving(lambda w: nifti_with_voxel(w / "moving.nii", float("inf"), np.float64)), "infinite"),
     Case("training data", "a NaN voxel in a training .nii.gz", training_pair(lambda path: nifti_with_voxel(path, float("nan"))),
          "NaN"),
+    Case("model config", "a training checkpoint as the model file",
+         lambda w, f: register(w, f, None, None, None, "--model", str(f.run / "checkpoints" / "last.safetensors")),
+         "is a training checkpoint"),
+    Case("model config", "a model file of a newer format version", model_metadata("format_version", "99"),
+         "format version '99'"),
     Case("model config", "a JSON list", model_config(lambda c: [c]), "damaged"),
     Case("model config", "shape [1, 1, 1]", model_config(lambda c: {**c, "shape_xyz": [1, 1, 1]}), "shape_xyz"),
     Case("model config", "spacing 0", model_config(lambda c: {**c, "spacing_mm": 0}), "spacing_mm"),
@@ -470,6 +490,8 @@ CASES = [
     Case("training state", "a negative checkpoint step", damaged_run(edit_checkpoint(negative_step)), "step -3"),
     Case("training state", "a garbage metrics.csv", damaged_run(garbage_metrics), "metrics.csv"),
     Case("training state", "weights of the wrong shape", damaged_run(edit_checkpoint(wrong_shape)), "shape"),
+    Case("training state", "a checkpoint of a newer format version", damaged_run(edit_checkpoint(newer_format)),
+         "format version '99'"),
     Case("training state", "config.json's model edited", damaged_run(edit_config(
         lambda c: {**c, "model": wider_first_level(c["model"])})), "do not fit the run's model", True),
     Case("training settings", "--lr inf", new_run("--lr", "inf"), "learning_rate"),
@@ -515,6 +537,7 @@ CASES = [
     Case("options", "sample -n 0", sample("-n", "0"), "-n must be 1 or more"),
     Case("options", "sample --steps 0", sample("--steps", "0"), "--steps"),
     Case("options", "sample --temperature inf", sample("--temperature", "inf"), "--temperature"),
+    Case("options", "sample --steps above the token count", sample("--steps", str(10 ** 9)), "--steps must lie in 1..3328"),
     Case("options", "sample --batch-size 0", sample("--batch-size", "0"), "--batch-size"),
     Case("options", "sample more pairs than the disk holds", lambda w, f: ["sample", "-n", str(10**12), "-o", str(w / "out")],
          "MiB free"),
@@ -538,6 +561,8 @@ CASES = [
          lambda w, f: [a for a in encode_pair(write_scan)(w, f) if a not in ("--model", str(DEFAULTS["sampler"]))],
          "required: --model"),
     Case("training data", "encode: a scan cut at 60 %", encode_pair(lambda path: cut(write_scan(path), 0.6)), "truncated"),
+    Case("training data", "--data DIR:abc", lambda w, f: new_run()(w, f) + ["--data", f"{f.pairs}:abc"], "not a number"),
+    Case("training data", "--data DIR:inf", lambda w, f: new_run()(w, f) + ["--data", f"{f.pairs}:inf"], "positive number"),
     Case("training data", "--data a missing folder", train_data("registration", "missing"), "no such folder"),
     Case("training data", "--data a folder without pairs", train_data("registration", "empty/"), "no image pairs"),
     Case("training data", "vqae --tokens a missing file", train_data("vqae", None, "--tokens", "none.npz"),

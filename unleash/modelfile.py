@@ -20,6 +20,7 @@ from .tensorfile import Header, nonfinite, read_header
 
 FORMAT = "unleash-model"
 FORMAT_VERSION = "1"
+TRAINING_STATE_FORMAT = "unleash-training-state"  # train/statefile.py: a run's resumable checkpoints
 SUFFIX = ".safetensors"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULTS = {"registration": WEIGHTS_DIR / "registration_default.safetensors",
@@ -28,8 +29,14 @@ DEFAULTS = {"registration": WEIGHTS_DIR / "registration_default.safetensors",
 
 def model_metadata(metadata: dict[str, str], path: str | os.PathLike) -> dict:
     """{"config": ..., "card": ...} of a model file's safetensors metadata; UserError when it is not ours."""
+    if metadata.get("format") == TRAINING_STATE_FORMAT:
+        raise UserError(f"{path}: is a training checkpoint, not a model file (a run's model file is "
+                        f"model.safetensors or best.safetensors in its folder)")
     if metadata.get("format") != FORMAT:
         raise UserError(f"{path}: not an unleash model file (no '{FORMAT}' header)")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: an unleash model file of format version {metadata.get('format_version')!r}; this "
+                        f"version of unleash reads version {FORMAT_VERSION!r}")
     try:
         meta = {"config": json.loads(metadata["config"]), "card": json.loads(metadata.get("card", "{}"))}
     except (KeyError, json.JSONDecodeError):

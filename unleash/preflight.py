@@ -79,6 +79,12 @@ def check_sample_options(count: int, schedule: str, steps: int | None, temperatu
         raise UserError(f"--batch-size must be 1 or more (got {batch_size})")
 
 
+def check_steps(steps: int | None, tokens: int) -> None:
+    """More denoiser passes than the grid has tokens would unmask nothing in the passes beyond them."""
+    if steps is not None and steps > tokens:
+        raise UserError(f"--steps must lie in 1..{tokens}, the sampler's number of tokens (got {steps})")
+
+
 def check_seed(seed: int | None) -> None:
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise UserError(f"--seed must lie in 0..{MAX_SEED} (got {seed})")
@@ -124,6 +130,7 @@ def preflight(args) -> None:
         if model_config is None and DEFAULTS["sampler"].is_file():  # a missing shipped sampler is the engine's to explain
             _, model_config = check_model_file(DEFAULTS["sampler"], "sampler")
         if model_config is not None:
+            check_steps(args.steps, model_config.denoiser.tokens)
             check_free_space(output.resolve().parent, args.count, sample_grid(model_config.vqae), args.probabilities)
     elif command == "demo":
         check_output_dir(args.output, args.overwrite, [args.model])

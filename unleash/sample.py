@@ -40,7 +40,7 @@ from .models.refiner import Refiner
 from .models.sampler import Sampler
 from .models.vqae import VQAutoEncoder
 from .output_folder import atomic_output_dir, check_output_dir
-from .preflight import check_sample_options
+from .preflight import check_sample_options, check_steps
 from .preview_pairs import pair_projections, pairs_preview_png
 from .sample_space import check_free_space, sample_grid, upsampling
 
@@ -221,6 +221,7 @@ def sample_files(count: int, output_dir, options: SampleOptions, progress: Progr
     device = resolve_device(options.device)
     model, card = load_sampler(options.model, device)
     grid = sample_grid(model.vqae.config)
+    check_steps(options.steps, model.denoiser.config.tokens)
     check_free_space(output_dir.resolve().parent, count, grid, options.probabilities)
     steps = options.steps or SCHEDULES[options.schedule]
     progress.log(f"sampling {count} pairs with the {options.schedule} schedule ({steps} steps) on {describe(device)}")

@@ -36,9 +36,11 @@ def parse_source(text: str) -> Source:
         try:
             value = float(weight)
         except ValueError:
+            if Path(path).is_dir() and not Path(text).exists():
+                raise UserError(f"{text}: the data weight {weight!r} after the folder is not a number") from None
             return Source(Path(text))  # a colon that is part of the path
-        if not value > 0:
-            raise UserError(f"{text}: a data weight must be positive")
+        if not value > 0 or value == float("inf"):
+            raise UserError(f"{text}: a data weight must be a positive number")
         return Source(Path(path), value)
     return Source(Path(text))
 

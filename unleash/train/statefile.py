@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..modelfile import TRAINING_STATE_FORMAT
 from ..tensorfile import Header, nonfinite, read_header
 
-FORMAT = "unleash-training-state"
+FORMAT = TRAINING_STATE_FORMAT
 FORMAT_VERSION = "1"
 MODEL_PREFIX = "model."  # the network's weights; the optimiser's and scaler's tensors are named by the skeleton
 
@@ -59,6 +60,9 @@ def read_state_header(path: str | os.PathLike, kind: str) -> StateHeader:
     metadata = header.metadata
     if metadata.get("format") != FORMAT:
         raise UserError(f"{path}: not an unleash training checkpoint")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: a training checkpoint of format version {metadata.get('format_version')!r}; this "
+                        f"version of unleash reads version {FORMAT_VERSION!r}")
     if metadata.get("kind") != kind:
         raise UserError(f"{path}: is a checkpoint of a {metadata.get('kind')!r} run, not of a {kind!r} run")
     try:
