@@ -157,7 +157,7 @@ def test_a_channels_last_decoder_draws_the_same_logits():
 
 @torch.no_grad()
 def test_the_shipped_sampler_draws_a_real_token_grid_as_before_its_faster_layouts():
-    """The paper's tokens of case 032 through the shipped decoder and refiner: `unleash sample`'s
+    """The paper's tokens of its case 000 through the shipped decoder and refiner: `unleash sample`'s
     channels-last decoder and refiner path against the plain decoder and the refiner under autocast."""
     path = DATA / "seed_tokens" / "lung250m4b_train_tokens.npz"
     if not path.is_file():
