@@ -12,9 +12,10 @@ from conftest import DATA
 from test_denoiser import TINY_DENOISER, TINY_VQAE
 
 from unleash.checkpoints import load_model, save_model
+from unleash.models.autoencoder import InstanceNorm
 from unleash.models.refiner import Refiner, RefinerConfig, pixel_shuffle_3d
 from unleash.models.sampler import Sampler, SamplerConfig
-from unleash.models.vqae import InstanceNorm, VQAEConfig, VQAutoEncoder
+from unleash.models.vqae import VQAEConfig, VQAutoEncoder
 from unleash.sample import decode_pair, fine_probabilities, load_sampler, sample_grid
 from unleash.train.refiner import RefinerTraining, draw_crop, train_refiner
 

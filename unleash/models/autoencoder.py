@@ -9,6 +9,7 @@ back exactly), the last decoder layer a bare transposed conv that gives the logi
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 KERNEL = 3
@@ -22,6 +23,19 @@ class NormAct(nn.Sequential):
         super().__init__()
         self.N = nn.InstanceNorm3d(channels, affine=False)
         self.A = nn.PReLU(num_parameters=1, init=PRELU_SLOPE)
+
+
+class InstanceNorm(nn.Module):
+    """NormAct's instance norm (no affine terms, no running statistics) for inference on channels-last
+    tensors, which it keeps channels-last: nn.InstanceNorm3d copies them to contiguous and back."""
+
+    def __init__(self, eps: float):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=tuple(range(2, x.ndim)), keepdim=True, correction=0)
+        return (x - mean).mul_(torch.rsqrt(var + self.eps))
 
 
 class ConvLayer(nn.Sequential):

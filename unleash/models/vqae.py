@@ -16,23 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import init
-from .autoencoder import AutoEncoder
+from .autoencoder import AutoEncoder, InstanceNorm, NormAct
 from .config import VQAEConfig
 
 COMMITMENT = 0.25  # beta of the VQ loss (van den Oord et al.; the paper's value)
-
-
-class InstanceNorm(nn.Module):
-    """nn.InstanceNorm3d without affine weights or running statistics (MONAI's choice here) that keeps a
-    channels-last tensor channels-last: torch's copies it to contiguous and back around its batch norm."""
-
-    def __init__(self, eps: float):
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=tuple(range(2, x.ndim)), keepdim=True, correction=0)
-        return (x - mean).mul_(torch.rsqrt(var + self.eps))
 
 
 class VQAutoEncoder(nn.Module):
@@ -69,9 +56,8 @@ class VQAutoEncoder(nn.Module):
         keep that layout (oneDNN's channels-last 3D convolutions; the same logits to about 1e-4, about a
         third less time for the shipped decoder). The codes already come channels-last (`codes`)."""
         for module in self.modules():
-            norm = getattr(module, "N", None)  # MONAI's ADN block names its norm N
-            if isinstance(norm, nn.InstanceNorm3d) and not norm.affine and not norm.track_running_stats:
-                module.N = InstanceNorm(norm.eps)
+            if isinstance(module, NormAct) and isinstance(module.N, nn.InstanceNorm3d):
+                module.N = InstanceNorm(module.N.eps)
         return self.to(memory_format=torch.channels_last_3d)
 
     def forward(self, pair: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
