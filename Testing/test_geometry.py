@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from unleash import geometry
 from unleash.geometry import Grid, Volume, read_volume, resample, write_image
@@ -99,7 +100,7 @@ def test_fields_mapped_to_a_reoriented_grid_agree_at_the_same_physical_points(pa
     source = work_grid(np.array([5.0, -20.0, -150.0]), (21, 17, 23), 8.0)
     generator = torch.Generator().manual_seed(0)
     u = torch.randn(1, 3, 23, 17, 21, generator=generator)
-    # onto its own grid (an odd number of voxels, split over two cores) the field comes back as it is
+    # onto its own grid the field comes back as it is
     assert np.allclose(field_to_grid(u, source, source, chunk_slices=5), u[0].numpy(), atol=1e-5)
     on_fixed = field_to_grid(u, source, fixed.grid)
     on_other = field_to_grid(u, source, other.grid)
@@ -108,3 +109,17 @@ def test_fields_mapped_to_a_reoriented_grid_agree_at_the_same_physical_points(pa
     other_ijk = np.rint(other.grid.physical_to_index(points)).astype(int)
     for (i, j, k), (oi, oj, ok) in zip(ijk, other_ijk):
         assert np.allclose(on_fixed[:, k, j, i], on_other[:, ok, oj, oi], atol=1e-4)
+
+
+@pytest.mark.parametrize("direction", [(0, 1, 0, 0, 0, -1, -1, 0, 0), (0.8, 0.6, 0, -0.6, 0.8, 0, 0, 0, 1)],
+                         ids=["permuted and flipped (1-D interpolations)", "oblique (grid_sample)"])
+def test_a_field_on_another_grid_is_its_trilinear_interpolation_with_the_border_continued(direction):
+    source = Grid((21, 17, 23), (2.0, 2.0, 2.0), (-20.0, -16.0, -22.0))
+    target = Grid((30, 25, 40), (1.1, 0.7, 1.3), (15.3, -14.1, -30.2), direction)  # reaching beyond the source
+    u = torch.randn(1, 3, 23, 17, 21, generator=torch.Generator().manual_seed(0))
+    k, j, i = np.meshgrid(*[np.arange(n) for n in target.shape_zyx], indexing="ij")
+    at = source.physical_to_index(target.index_to_physical(np.stack([i, j, k], -1).reshape(-1, 3)))
+    assert (at < -1).any() and (at > np.array(source.size)).any()
+    expected = np.stack([ndimage.map_coordinates(u[0, c].numpy(), at[:, ::-1].T, order=1, mode="nearest")
+                         for c in range(3)]).reshape(3, *target.shape_zyx)
+    assert np.abs(field_to_grid(u, source, target, chunk_slices=7) - expected).max() < 1e-4

@@ -56,16 +56,44 @@ def covering(grid: Grid, scan: Grid) -> Grid:
 
 def field_to_grid(field: torch.Tensor, source: Grid, target: Grid, chunk_slices: int = 24) -> np.ndarray:
     """Sample a field (1, C, D, H, W) defined on the grid `source` at every voxel of `target` and return
-    (C, k, j, i) float32 on `target` (a displacement: C = 3, LPS mm). Outside `source` the border value
-    is continued, so a displacement stays smooth beyond the lungs. Both grids are affine in the voxel
-    index, so target index -> source normalised coordinates is one 3x4 matrix."""
+    (C, k, j, i) float32 on `target` (a displacement: C = 3, LPS mm), trilinearly. Outside `source` the
+    border value is continued, so a displacement stays smooth beyond the lungs."""
+    corners = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float64)
+    index = source.physical_to_index(target.index_to_physical(corners))
+    origin, steps = index[0], index[1:] - index[0]  # steps[a, s]: source index s per target index along a
+    along = np.abs(steps) > 1e-6 * np.abs(steps).max()
+    if (along.sum(0) == 1).all() and (along.sum(1) == 1).all():
+        return _separable(field, target, origin, steps, along)
+    return _sampled(field, source, target, origin, steps, chunk_slices)
+
+
+def _separable(field: torch.Tensor, target: Grid, origin: np.ndarray, steps: np.ndarray, along: np.ndarray) -> np.ndarray:
+    """Each target axis runs along one source axis (axis-aligned grids, flipped or permuted, as scans and
+    the work grid usually are): trilinear sampling is then three 1-D linear interpolations, one per axis,
+    several times faster than grid_sample at every voxel of a 1 mm scan."""
+    u = field[0].float()  # (C, D, H, W): source index axis s (i, j, k) is dimension 3 - s
+    source_of = [int(np.argmax(along[a])) for a in range(3)]
+    for a, s in enumerate(source_of):
+        dim, size = 3 - s, u.shape[3 - s]
+        position = torch.from_numpy(origin[s] + steps[a, s] * np.arange(target.size[a])).clamp(0, size - 1)
+        low = position.floor().clamp(max=max(0, size - 2)).long()
+        weight = (position - low).float().view([-1 if d == dim else 1 for d in range(4)])
+        high = (low + 1).clamp(max=size - 1)
+        u = torch.lerp(u.index_select(dim, low), u.index_select(dim, high), weight)
+    # dimension 3 - source_of[a] now holds target axis a; out: (C, k, j, i)
+    return u.permute(0, *[3 - source_of[a] for a in (2, 1, 0)]).contiguous().numpy()
+
+
+def _sampled(field: torch.Tensor, source: Grid, target: Grid, origin: np.ndarray, steps: np.ndarray,
+             chunk_slices: int) -> np.ndarray:
+    """Any pair of grids: both are affine in the voxel index, so target index -> source normalised
+    coordinates is one 3x4 matrix, and grid_sample reads the field there."""
     size_i, size_j, size_k = target.size
     d, h, w = field.shape[2:]
     channels = field.shape[1]
-    corners = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float64)
-    mapped = 2 * source.physical_to_index(target.index_to_physical(corners)) / np.array([w - 1, h - 1, d - 1]) - 1
-    origin, steps = mapped[0], mapped[1:] - mapped[0]  # steps[a]: normalised step per target index along axis a
-    affine = torch.from_numpy(np.concatenate([steps, origin[None]], 0).astype(np.float32))  # (4, 3)
+    to_normalised = 2 / np.array([w - 1, h - 1, d - 1])
+    affine = np.concatenate([steps * to_normalised, (origin * to_normalised - 1)[None]], 0)
+    affine = torch.from_numpy(affine.astype(np.float32))  # (4, 3)
     out = np.empty((channels, size_k, size_j, size_i), np.float32)
     ii = torch.arange(size_i, dtype=torch.float32)
     jj = torch.arange(size_j, dtype=torch.float32)
