@@ -39,6 +39,7 @@ REFERENCE = [
     ("anchor: instance optimisation 16-8-4-2 vox", 3.06, 35.0),
     ("anchor stopped at 4 vox", 3.52, 16.0),
     ("unleash default before the speed-up", 2.88, 47.2),  # benchmarks/results/registration_val_cpu.json
+    ("unleash default with 1 mm fields", 2.88, 36.9),  # benchmarks/results/registration_val_cpu_fast_outputs.json
 ]
 TARGETS = "targets: mean TRE <= 2.5 mm, p75 <= 3.0 mm, folding < 0.05 % every pair, ICE <= 0.5 mm, <= 25 s per pair"
 # For context only, not comparable with the val figures above: mean TRE on the held-back Lung250M-4B
@@ -111,10 +112,12 @@ def main() -> None:
     before_all, after_all = np.concatenate(before), np.concatenate(after)
     p25, p50, p75 = np.percentile(after_all, [25, 50, 75])
     walls = [r["wall_s"] for r in rows]
+    stages = {key: float(np.median([r["stages_s"].get(key, 0.0) for r in rows])) for key in rows[0]["stages_s"]}
     summary = {"pairs": len(rows), "landmarks": int(after_all.size), "tre_before": float(before_all.mean()),
                "tre": float(after_all.mean()), "tre_p25": float(p25), "tre_p50": float(p50), "tre_p75": float(p75),
                "folding_pct_max": max(r["folding_pct"] for r in rows), "ice_mm_mean": float(np.mean([r["ice_mm"] for r in rows])),
-               "wall_s_median": float(np.median(walls)), "wall_s_max": float(np.max(walls)),
+               "wall_s_median": float(np.median(walls)), "wall_s_max": float(np.max(walls)), "stages_s_median": stages,
+               "load_average": os.getloadavg(),
                "peak_gb": rows[-1]["peak_gb_so_far"], "device": args.device, "refinement": args.refinement,
                "start": args.start or "default", "adapt_iters": args.adapt_iters, "model": args.model or "shipped default"}
     print()
@@ -125,6 +128,8 @@ def main() -> None:
     print(f"{label:<44} {summary['tre']:11.2f} {summary['wall_s_median']:9.1f}   "
           f"(quartiles {p25:.2f}/{p50:.2f}/{p75:.2f}; max folding {summary['folding_pct_max']:.4f} %; "
           f"ICE {summary['ice_mm_mean']:.3f} mm; peak {summary['peak_gb']:.2f} GB; {summary['landmarks']} landmarks)")
+    print("median seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+          + f" (wall includes start-up; load average now {os.getloadavg()[0]:.1f})")
     print(TARGETS)
     print("\nheld-back test pairs (not these val pairs; for context)")
     for name, tre in HELD_BACK_REFERENCE:
