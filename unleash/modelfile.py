@@ -86,9 +86,14 @@ def check_encoder_file(path: str | os.PathLike | None):
     if path is None:
         raise UserError("no VQ-autoencoder ships with this version of unleash: give a 'vqae' or 'sampler' model file")
     meta, config = check_model_file(path, "vqae", "sampler")
+    require_encoder(path, config)
+    return meta, config
+
+
+def require_encoder(path, config) -> None:
+    """The VQ-autoencoder of a 'vqae' or 'sampler' config can encode pairs; UserError otherwise."""
     if not getattr(config, "vqae", config).encoder:
         raise UserError(f"{path}: its VQ-autoencoder was trained to decode given tokens only; it cannot encode pairs")
-    return meta, config
 
 
 def require_kind(meta: dict, path, *kinds: str) -> None:

@@ -17,9 +17,10 @@ from .errors import UserError
 from .geometry import check_image_file, check_overlap, read_volume
 from .input_kind import check_voxel_values, detect_input_kind
 from .jobspec import DEVICE_HELP, MAX_ADAPT_ITERS, MAX_SEED, REFINEMENTS, SCHEDULES, STARTS, EngineDefault
-from .modelfile import DEFAULTS, check_encoder_file, check_model_file
+from .modelfile import DEFAULTS, check_model_file, require_encoder
 from .output_folder import check_output_dir
 from .sample_space import check_free_space, sample_grid
+from .train.data import check_pairs
 
 # the model file kinds that a command's --model takes
 MODEL_KINDS = {"register": ("registration",), "evaluate": ("registration",), "demo": ("registration",),
@@ -109,10 +110,9 @@ def preflight(args) -> None:
     check_seed(given.get("seed"))
     if "refinement" in given:  # register, evaluate, demo
         register_start(args.refinement, args.start, None if isinstance(args.adapt_iters, EngineDefault) else args.adapt_iters)
-    model_config = given_config = None
+    given_config = None
     if given.get("model") and command in MODEL_KINDS:
         _, given_config = check_model_file(args.model, *MODEL_KINDS[command])
-        model_config = given_config
     if command == "register":
         check_output_dir(args.output, args.overwrite, [args.fixed, args.moving, args.landmarks, args.model])
         fixed, moving = check_image_file(args.fixed), check_image_file(args.moving)
@@ -127,18 +127,17 @@ def preflight(args) -> None:
     elif command == "sample":
         check_sample_options(args.count, args.schedule, args.steps, args.temperature, args.batch_size)
         output = check_output_dir(args.output, args.overwrite, [args.model])
-        if model_config is None and DEFAULTS["sampler"].is_file():  # a missing shipped sampler is the engine's to explain
-            _, model_config = check_model_file(DEFAULTS["sampler"], "sampler")
-        if model_config is not None:
-            check_steps(args.steps, model_config.denoiser.tokens)
-            check_free_space(output.resolve().parent, args.count, sample_grid(model_config.vqae), args.probabilities)
+        sampler = given_config
+        if sampler is None and DEFAULTS["sampler"].is_file():  # a missing shipped sampler is the engine's to explain
+            _, sampler = check_model_file(DEFAULTS["sampler"], "sampler")
+        if sampler is not None:
+            check_steps(args.steps, sampler.denoiser.tokens)
+            check_free_space(output.resolve().parent, args.count, sample_grid(sampler.vqae), args.probabilities)
     elif command == "demo":
         check_output_dir(args.output, args.overwrite, [args.model])
     elif command == "encode":
-        from .train.data import check_pairs
-
         check_pairs([find_pairs(args.folder)])
-        check_encoder_file(args.model)
+        require_encoder(args.model, given_config)
         check_output_dir(args.output, args.overwrite, [args.folder, args.model])
     elif command == "train":
         from .train.runconfig import TrainOptions, check_run
