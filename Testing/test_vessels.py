@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from unleash import vessels
 from unleash.errors import UserError
 from unleash.geometry import Grid, Volume, read_volume
 from unleash.vessels import (
@@ -157,3 +158,66 @@ def test_real_vessel_mask():
     inside = mask[vessels.array > 0].mean()
     assert inside > 0.95, inside
     assert mask.mean() < 0.7, mask.mean()
+
+
+# ---------------------------------------------------------------------------- the fast paths agree with the plain ones
+
+def _blobs(shape, seed: int, share: float = 0.5) -> np.ndarray:
+    """A random mask with holes of all sizes: smoothed noise, thresholded."""
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=shape), 2.0)
+    return noise > np.quantile(noise, 1 - share)
+
+
+def test_holes_filled_as_scipy_fills_them():
+    mask = _blobs((40, 50, 60), seed=2, share=0.6)
+    assert np.array_equal(vessels._holes_filled(mask, ndimage.generate_binary_structure(3, 1), range(3)),
+                          ndimage.binary_fill_holes(mask))
+    for si_axis in range(3):  # slice by slice: scipy with an empty slice padded at both ends of that axis
+        in_plane = np.zeros((3, 3, 3), bool)
+        in_plane[(slice(None),) * si_axis + (1,)] = ndimage.generate_binary_structure(2, 1)
+        pad = [(0, 0)] * 3
+        pad[si_axis] = (1, 1)
+        expected = np.take(ndimage.binary_fill_holes(np.pad(mask, pad), structure=in_plane),
+                           np.arange(1, mask.shape[si_axis] + 1), axis=si_axis)
+        border_axes = [axis for axis in range(3) if axis != si_axis]
+        assert np.array_equal(vessels._holes_filled(mask, in_plane, border_axes), expected)
+
+
+def test_dilation_by_the_cube():
+    mask = _blobs((30, 31, 32), seed=3, share=0.05)
+    assert np.array_equal(vessels._dilated(mask), ndimage.binary_dilation(mask, np.ones((3, 3, 3), bool)))
+
+
+def test_eigenvalues_sorted_by_magnitude():
+    rng = np.random.default_rng(4)
+    a, b, c, d, e, f = rng.normal(size=(6, 2000)).astype(np.float32)
+    matrices = np.stack([np.stack([a, d, e], -1), np.stack([d, b, f], -1), np.stack([e, f, c], -1)], -2)
+    expected = np.linalg.eigvalsh(matrices.astype(np.float64))
+    expected = np.take_along_axis(expected, np.argsort(np.abs(expected), -1), -1)
+    found = np.stack(vessels._eigenvalues_by_magnitude(a, b, c, d, e, f), -1)
+    assert np.abs(found - expected).max() < 1e-3 * np.abs(expected).max()
+
+
+def test_interpolation_at_chosen_voxels_and_in_the_mask_box():
+    """Point sampling and the boxed mask resampling give what resampling the whole grid gives,
+    on grids with a flipped direction like the phantom's."""
+    fine = GRID
+    coarse = Grid((61, 61, 70), (2.0, 2.0, 2.0), (61.0, -59.0, 69.5), DIRECTION)
+    values = ndimage.gaussian_filter(np.random.default_rng(5).normal(size=coarse.shape_zyx), 1.0).astype(np.float32)
+    whole = vessels._resample(values, coarse, fine)
+    at = np.random.default_rng(6).choice(whole.size, 5000, replace=False)
+    assert np.abs(vessels._sample_at(values, coarse, fine, at) - whole.ravel()[at]).max() < 1e-4
+    mask = np.zeros(coarse.shape_zyx, bool)
+    mask[20:40, 15:35, 25:50] = _blobs((20, 20, 25), seed=7)
+    low = coarse.to_sitk()
+    assert np.array_equal(vessels._to_grid(mask, low, fine), vessels._resample(mask, coarse, fine) > 0.5)
+
+
+def test_vesselness_only_where_a_vessel_can_be(phantom, ct_result):
+    """Computing the vesselness at the dense lung voxels only changes nothing there (the CT's own grid)."""
+    _, lungs, _ = ct_result
+    hu = np.clip(phantom["ct"].array.astype(np.float32), *vessels.HU_CLIP)
+    dense = (hu > vessels.VESSEL_MIN_HU) & lungs
+    spacing_zyx = np.asarray(GRID.spacing_mm)[::-1]
+    everywhere = vessels._vesselness(hu, lungs, spacing_zyx)
+    assert np.array_equal(vessels._vesselness(hu, dense, spacing_zyx)[dense], everywhere[dense])

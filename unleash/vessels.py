@@ -8,6 +8,8 @@ Arrays are indexed [k, j, i] as in geometry.py; per-array-axis spacings are name
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
@@ -45,7 +47,7 @@ OCCUPANCY_THRESHOLD = 0.005     # of blurred vessel occupancy (vessels fill a fe
 
 def lung_mask(ct: Volume) -> np.ndarray:
     """Lungs of a chest CT (bool [k, j, i] on the CT's grid): air inside the body, closed and filled."""
-    low = _shrink(_image(ct.array.astype(np.float32), ct.grid), LUNG_WORK_SPACING_MM)
+    low = _shrink(_image(ct.array, ct.grid), LUNG_WORK_SPACING_MM)  # block means in the CT's own type: HU to 1
     spacing_zyx = np.asarray(low.GetSpacing())[::-1]
     si_axis = _si_axis(ct.grid)
     inner_air = _drop_outside_air(sitk.GetArrayViewFromImage(low) < AIR_HU, si_axis)
@@ -99,14 +101,23 @@ def _ball(radius_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
 def _fill_holes(mask: np.ndarray, si_axis: int) -> np.ndarray:
     """Fill 3D holes, then the holes of every axial slice: vessels run from the lungs to the hilum,
     so in 3D they are not holes, but in an axial slice they are."""
-    mask = ndimage.binary_fill_holes(mask)
+    mask = _holes_filled(mask, ndimage.generate_binary_structure(3, 1), range(3))
     in_plane = np.zeros((3, 3, 3), bool)
     in_plane[(slice(None),) * si_axis + (1,)] = ndimage.generate_binary_structure(2, 1)
-    # One empty slice at each end, so that the end slices are not all 'image border'.
-    pad = [(0, 0)] * 3
-    pad[si_axis] = (1, 1)
-    filled = ndimage.binary_fill_holes(np.pad(mask, pad), structure=in_plane)
-    return np.take(filled, np.arange(1, filled.shape[si_axis] - 1), axis=si_axis)
+    return _holes_filled(mask, in_plane, [axis for axis in range(3) if axis != si_axis])
+
+
+def _holes_filled(mask: np.ndarray, structure: np.ndarray, border_axes) -> np.ndarray:
+    """`mask` with every background region that does not reach the faces across `border_axes` filled:
+    one labelling of the background, where an iterated dilation from the border (scipy's
+    binary_fill_holes) takes as many passes as the widest region."""
+    labels, _ = ndimage.label(~mask, structure=structure)
+    outside = np.zeros(labels.max() + 1, bool)
+    for axis in border_axes:
+        outside[np.take(labels, 0, axis=axis)] = True
+        outside[np.take(labels, -1, axis=axis)] = True
+    outside[0] = False
+    return ~outside[labels]
 
 
 # ---------------------------------------------------------------------------- vessel map from CT
@@ -125,35 +136,54 @@ def vessel_map(ct: Volume, mask: np.ndarray | None = None) -> Volume:
     box = _bounding_box(mask, margin)
     hu = np.clip(ct.array[box].astype(np.float32), *HU_CLIP)
     lungs = mask[box]
-    vesselness = _vesselness_resampled(hu, lungs, _crop_grid(ct.grid, box))
-    vessels = _threshold(vesselness, hu, lungs)
+    dense = np.flatnonzero((hu > VESSEL_MIN_HU) & lungs)  # the vessel's own edge: only these can be vessels
+    scores = _vesselness_at(hu, lungs, _crop_grid(ct.grid, box), dense)
+    vessels = np.zeros(hu.shape, bool)
+    vessels.flat[dense[_tubular(scores, int(lungs.sum()))]] = True
     if not vessels.any():
         raise UserError("no vessels found in the lungs of the CT: is it a chest CT in Hounsfield units?")
     out = np.zeros(ct.array.shape, np.uint8)
     grown = _bounding_box(mask, margin + 1)  # dilation reaches one voxel beyond `box`
     out[box] = vessels
-    out[grown] = ndimage.binary_dilation(out[grown], structure=np.ones((3, 3, 3), bool))
+    out[grown] = _dilated(out[grown])
     return ct.with_array(out)
 
 
-def _vesselness_resampled(hu: np.ndarray, lungs: np.ndarray, grid: Grid) -> np.ndarray:
-    """Vesselness on `grid`; axes finer than VESSEL_WORK_SPACING_MM are computed on a coarser
-    grid and interpolated back (0.7 mm CTs have 2-3x the voxels and no more vessels at these scales)."""
+def _dilated(mask: np.ndarray) -> np.ndarray:
+    """`mask` dilated by the 3x3x3 cube. The cube is separable: three 1-D dilations by one voxel, each
+    two shifted ORs, instead of a 27-voxel structuring element at every voxel."""
+    for axis in range(3):
+        head = [slice(None)] * 3
+        tail = [slice(None)] * 3
+        head[axis], tail[axis] = slice(1, None), slice(None, -1)
+        grown = mask.copy()
+        grown[tuple(head)] |= mask[tuple(tail)]
+        grown[tuple(tail)] |= mask[tuple(head)]
+        mask = grown
+    return mask
+
+
+def _vesselness_at(hu: np.ndarray, lungs: np.ndarray, grid: Grid, at: np.ndarray) -> np.ndarray:
+    """Vesselness at the lung voxels `at` (flat indices of `hu` on `grid`). Axes finer than
+    VESSEL_WORK_SPACING_MM are computed on a coarser grid and interpolated (0.7 mm CTs have 2-3x the
+    voxels and no more vessels at these scales); there the dense voxels' neighbours are computed too,
+    since they are the corners that interpolate the dense voxels."""
     spacing = np.asarray(grid.spacing_mm, np.float64)
     work_spacing = np.maximum(spacing, VESSEL_WORK_SPACING_MM)
     if np.all(work_spacing <= spacing * 1.05):
-        return _vesselness(hu, lungs, spacing[::-1])
+        wanted = np.zeros(hu.shape, bool)
+        wanted.flat[at] = True
+        return _vesselness(hu, wanted, spacing[::-1]).flat[at]
     work_size = np.ceil(np.asarray(grid.size) * spacing / work_spacing).astype(int)
     work = Grid(tuple(int(s) for s in work_size), tuple(work_spacing), grid.origin_lps, grid.direction)
-    work_hu = _resample(_image(hu, grid), work, linear=True)
-    work_lungs = _resample(_image(lungs.astype(np.float32), grid), work, linear=True) > 0.5
-    work_vesselness = _vesselness(work_hu, work_lungs, work_spacing[::-1])
-    return _resample(_image(work_vesselness, work), grid, linear=True)
+    work_hu = _resample(hu, grid, work)
+    wanted = _nearest(lungs, grid, work) & _dilated(work_hu > VESSEL_MIN_HU)
+    return _sample_at(_vesselness(work_hu, wanted, work_spacing[::-1]), work, grid, at)
 
 
-def _vesselness(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
-    """Maximum over scales of Frangi's bright-tube vesselness, evaluated at lung voxels only (0 elsewhere)."""
-    inner = lungs.copy()
+def _vesselness(hu: np.ndarray, wanted: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
+    """Maximum over scales of Frangi's bright-tube vesselness at the `wanted` voxels (0 elsewhere)."""
+    inner = wanted.copy()
     for axis in range(3):  # the finite-difference stencils reach one voxel out
         inner[(slice(None),) * axis + (0,)] = False
         inner[(slice(None),) * axis + (-1,)] = False
@@ -196,9 +226,11 @@ def _eigenvalues_by_magnitude(a, b, c, d, e, f) -> tuple[np.ndarray, np.ndarray,
     phi = np.arccos(np.clip(det / (2 * p_safe ** 3), -1, 1)) / 3
     largest = q + 2 * p * np.cos(phi)
     smallest = q + 2 * p * np.cos(phi + np.float32(2 * np.pi / 3))
-    values = np.stack([largest, 3 * q - largest - smallest, smallest], axis=-1)
-    values = np.take_along_axis(values, np.argsort(np.abs(values), axis=-1), axis=-1)
-    return values[:, 0], values[:, 1], values[:, 2]
+    values = [largest, 3 * q - largest - smallest, smallest]
+    for i, j in ((0, 1), (1, 2), (0, 1)):  # a sorting network by magnitude: no per-voxel argsort
+        swap = np.abs(values[i]) > np.abs(values[j])
+        values[i], values[j] = np.where(swap, values[j], values[i]), np.where(swap, values[i], values[j])
+    return values[0], values[1], values[2]
 
 
 def _frangi_bright_tubes(l1: np.ndarray, l2: np.ndarray, l3: np.ndarray) -> np.ndarray:
@@ -215,15 +247,14 @@ def _frangi_bright_tubes(l1: np.ndarray, l2: np.ndarray, l3: np.ndarray) -> np.n
     return v.astype(np.float32, copy=False)
 
 
-def _threshold(vesselness: np.ndarray, hu: np.ndarray, lungs: np.ndarray) -> np.ndarray:
-    """Tubular (vesselness) and dense (HU: the vessel's own edge, not the wider Hessian response)
-    lung voxels; if implausibly many (noise, consolidation), only the most tubular ones are kept."""
-    vessels = (vesselness > VESSELNESS_THRESHOLD) & (hu > VESSEL_MIN_HU) & lungs
-    cap = int(MAX_VESSEL_FRACTION_OF_LUNG * lungs.sum())
+def _tubular(scores: np.ndarray, lung_voxels: int) -> np.ndarray:
+    """Which of the dense lung voxels with vesselness `scores` are vessels: the tubular ones, and if
+    implausibly many (noise, consolidation), only the most tubular of them."""
+    vessels = scores > VESSELNESS_THRESHOLD
+    cap = int(MAX_VESSEL_FRACTION_OF_LUNG * lung_voxels)
     count = int(vessels.sum())
     if count > cap > 0:
-        scores = vesselness[vessels]
-        vessels &= vesselness >= np.partition(scores, count - cap)[count - cap]
+        vessels &= scores >= np.partition(scores[vessels], count - cap)[count - cap]
     return vessels
 
 
@@ -297,13 +328,16 @@ def _image(array: np.ndarray, grid: Grid) -> sitk.Image:
     return image
 
 
-def _resample(image: sitk.Image, grid: Grid, linear: bool) -> np.ndarray:
-    """`image` on `grid` as a float32 array [k, j, i] (no reference image allocated)."""
-    out = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), [int(s) for s in grid.size], sitk.Transform(),
-                        sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
-                        [float(o) for o in grid.origin_lps], [float(s) for s in grid.spacing_mm],
-                        [float(d) for d in grid.direction], 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)
+def _resample(array: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
+    """`array` [k, j, i] on `source` sampled on `target`, trilinearly, as float32; beyond `source` its
+    border value. Scans and the grids made from them share a direction, so this is three 1-D
+    interpolations (workgrid.field_to_grid), several times faster than SimpleITK's resampling."""
+    import torch  # only when a CT is segmented
+
+    from .workgrid import field_to_grid
+
+    values = torch.from_numpy(np.ascontiguousarray(array, np.float32))
+    return field_to_grid(values[None, None], source, target)[0]
 
 
 def _shrink(image: sitk.Image, target_mm: float) -> sitk.Image:
@@ -317,7 +351,67 @@ def _shrink(image: sitk.Image, target_mm: float) -> sitk.Image:
 
 
 def _to_grid(mask: np.ndarray, low: sitk.Image, grid: Grid) -> np.ndarray:
-    """A mask computed on the reduced image `low`, brought back to `grid` (linear, > 0.5)."""
-    image = sitk.GetImageFromArray(mask.astype(np.float32))
-    image.CopyInformation(low)
-    return _resample(image, grid, linear=True) > 0.5
+    """A mask computed on the reduced image `low`, brought back to `grid` (linear, > 0.5: nearest
+    neighbours would leave the lung surface in 2 mm steps, and the chest wall's edges in the lungs).
+    Only the box around the mask is interpolated: the lungs fill about half of a chest CT's grid."""
+    source = Grid.of(low)
+    if not mask.any() or not _aligned(source, grid):
+        return _resample(mask, source, grid) > 0.5
+    box = _bounding_box(mask, margin=1)
+    target_box = []
+    for position, around in zip(_axis_positions(source, grid), box):
+        inside = np.flatnonzero((position >= around.start) & (position <= around.stop - 1))
+        if inside.size == 0:
+            return np.zeros(grid.shape_zyx, bool)
+        target_box.append(slice(inside[0], inside[-1] + 1))
+    target_box = tuple(target_box)
+    out = np.zeros(grid.shape_zyx, bool)
+    out[target_box] = _resample(mask[box], _crop_grid(source, box), _crop_grid(grid, target_box)) > 0.5
+    return out
+
+
+def _nearest(mask: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
+    """Bool `mask` [k, j, i] on `source` at every voxel of `target`: the value of the nearest `source`
+    voxel (clamped at the border)."""
+    if not _aligned(source, target):
+        return _resample(mask, source, target) > 0.5
+    index = [np.clip(np.rint(p), 0, n - 1).astype(np.intp) for p, n in zip(_axis_positions(source, target), mask.shape)]
+    return mask[np.ix_(*index)]
+
+
+def _sample_at(values: np.ndarray, source: Grid, target: Grid, at: np.ndarray) -> np.ndarray:
+    """`values` [k, j, i] on `source`, trilinearly at the voxels `at` (flat indices) of `target`, clamped
+    at the border: eight reads per voxel asked for, instead of resampling the whole grid."""
+    if not _aligned(source, target):
+        return _resample(values, source, target).ravel()[at]
+    lows, highs, weights = [], [], []
+    for position, n, index in zip(_axis_positions(source, target), values.shape,
+                                  np.unravel_index(at, target.shape_zyx)):
+        p = np.clip(position, 0, n - 1)[index]
+        low = np.minimum(np.floor(p), max(0, n - 2)).astype(np.intp)
+        lows.append(low)
+        highs.append(np.minimum(low + 1, n - 1))
+        weights.append((p - low).astype(np.float32))
+    out = np.zeros(len(at), np.float32)
+    flat = values.ravel()
+    for corner in itertools.product((0, 1), repeat=3):
+        index = [high if c else low for c, low, high in zip(corner, lows, highs)]
+        weight = np.prod([w if c else 1 - w for c, w in zip(corner, weights)], axis=0)
+        out += flat[np.ravel_multi_index(index, values.shape)] * weight
+    return out
+
+
+def _aligned(source: Grid, target: Grid) -> bool:
+    """The grids share a direction (the grids made here from a scan's grid do), so each axis of one
+    runs along the same axis of the other."""
+    return np.allclose(source.direction, target.direction, atol=1e-6)
+
+
+def _axis_positions(source: Grid, target: Grid) -> list[np.ndarray]:
+    """For aligned grids: per array axis (k, j, i), the continuous `source` index of each `target` index."""
+    positions = []
+    for axis in (2, 1, 0):
+        along = np.zeros((target.size[axis], 3))
+        along[:, axis] = np.arange(target.size[axis])
+        positions.append(source.physical_to_index(target.index_to_physical(along))[:, axis])
+    return positions

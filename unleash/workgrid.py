@@ -79,7 +79,9 @@ def _separable(field: torch.Tensor, target: Grid, origin: np.ndarray, steps: np.
         low = position.floor().clamp(max=max(0, size - 2)).long()
         weight = (position - low).float().view([-1 if d == dim else 1 for d in range(4)])
         high = (low + 1).clamp(max=size - 1)
-        u = torch.lerp(u.index_select(dim, low), u.index_select(dim, high), weight)
+        # indexing, not index_select: along the last dimension index_select is 10x slower on the CPU
+        at = (slice(None),) * dim
+        u = torch.lerp(u[(*at, low)], u[(*at, high)], weight)
     # dimension 3 - source_of[a] now holds target axis a; out: (C, k, j, i)
     return u.permute(0, *[3 - source_of[a] for a in (2, 1, 0)]).contiguous().numpy()
 
