@@ -48,21 +48,33 @@ def compose(outer_mm: torch.Tensor, inner_mm: torch.Tensor, spacing_mm: float) -
     return inner_mm + warp(outer_mm, inner_mm, spacing_mm)
 
 
-def exp(velocity_mm: torch.Tensor, spacing_mm: float, steps: int = 6) -> torch.Tensor:
+def exp(velocity_mm: torch.Tensor, spacing_mm: float, steps: int = 6, second_order: bool = False) -> torch.Tensor:
     """Scaling and squaring: the displacement of exp(v) for a stationary velocity v in mm.
 
     The result is a diffeomorphism whose inverse is exp(-v), which is what makes the
     registration inverse-consistent by construction. The squarings run in grid_sample's
     normalised units on one identity grid, u <- u + u(x + u): the same composition as
-    `compose` without converting units at every step (15-20 % of the refinement's exp)."""
+    `compose` without converting units at every step (15-20 % of the refinement's exp).
+    `second_order`: start from exp(w) ~ w + (Dw) w / 2 for w = v / 2^steps instead of w: the error of
+    the first step falls from O(|w|^2) to O(|w|^3), so fewer squarings reach the same accuracy."""
     shape = velocity_mm.shape[2:]
     to_normalised = _mm_to_normalised(shape, spacing_mm, velocity_mm.device, velocity_mm.dtype).view(1, 3, 1, 1, 1)
     identity = identity_normalised(shape, velocity_mm.device, velocity_mm.dtype)
     u = velocity_mm * (to_normalised / 2 ** steps)
+    if second_order:
+        u = u + 0.5 * _derivative_along_itself(u)
     for _ in range(steps):
         u = u + F.grid_sample(u, identity + u.permute(0, 2, 3, 4, 1), mode="bilinear", padding_mode="border",
                               align_corners=True)
     return u / to_normalised
+
+
+def _derivative_along_itself(u: torch.Tensor) -> torch.Tensor:
+    """(Du) u for a field u (N, 3, D, H, W) in normalised (x, y, z) units, by central differences
+    (one-sided at the edges)."""
+    d, h, w = u.shape[2:]
+    dz, dy, dx = torch.gradient(u, spacing=(2 / (d - 1), 2 / (h - 1), 2 / (w - 1)), dim=(2, 3, 4))
+    return dx * u[:, 0:1] + dy * u[:, 1:2] + dz * u[:, 2:3]
 
 
 def resize(displacement_mm: torch.Tensor, shape_dhw) -> torch.Tensor:

@@ -32,7 +32,9 @@ class RefineConfig:
     iterations: list[int] = field(default_factory=lambda: [60, 60, 60, 25])
     regularisation: float = 1.0
     learning_rate_mm: float = 1.0
-    squaring_steps: int = 5
+    # Squarings from the second-order start (fields.exp): 3 gave the TRE of 5 from the first-order start on
+    # five val pairs, with less inverse-consistency error, in 28 % less time at 1 mm (the registration card).
+    squaring_steps: int = 3
     # Points sampled per iteration: at 1 mm about a million voxels lie near vessels; a fresh random
     # share of them each iteration is a stochastic gradient of the same loss at a fraction of the cost.
     max_points: int = 150_000
@@ -102,6 +104,11 @@ def refine(images: list[Occupancy], config: RefineConfig, on_iteration=None,
     return velocity
 
 
+def exp_both_ways(velocity: torch.Tensor, lattice_spacing_mm: float, config: RefineConfig) -> torch.Tensor:
+    """exp(r) and exp(-r) (2, 3, d, h, w) in mm as one batch of two, as the refinement fits them."""
+    return fields.exp(torch.cat([velocity, -velocity]), lattice_spacing_mm, config.squaring_steps, second_order=True)
+
+
 class Adam:
     """Adam (Kingma and Ba, 2015) on one tensor, step for step as torch.optim.Adam computes it. Written out
     because the first torch.optim optimiser of a process imports torch._dynamo: 1.5 s of start-up."""
@@ -167,7 +174,7 @@ class _LevelLoss:
         config = self.config
         chosen = self._chosen()
         points, targets = self.near[chosen], self.targets[:, chosen]
-        both = fields.exp(torch.cat([velocity, -velocity]), self.lattice_spacing_mm, config.squaring_steps)
+        both = exp_both_ways(velocity, self.lattice_spacing_mm, config)
         grid = points.expand(2, -1, -1)  # (2, n, 3)
         moved = grid + _sample(both, grid).transpose(1, 2) * self.mm_to_normalised  # (2, n, 3)
         warped = _sample(self.images, moved)[:, 0]  # (2, n)

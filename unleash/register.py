@@ -14,7 +14,7 @@ import torch
 from . import discrete, fields, vessels, workgrid
 from .geometry import Grid, Volume
 from .models.registration import RegistrationConfig, TwoStepRegistration
-from .optimise import Occupancy, RefineConfig, refine
+from .optimise import Occupancy, RefineConfig, exp_both_ways, refine
 
 
 @dataclass
@@ -104,9 +104,8 @@ def _refined(pair: PreparedPair, forward: torch.Tensor, inverse: torch.Tensor, c
     del images
     lattice_spacing = (forward.shape[-1] - 1) * spacing / (velocity.shape[-1] - 1)
     shape = forward.shape[2:]
-    with torch.no_grad():  # exp(r) and exp(-r) as one batch of two, as in the refinement's loss
-        r_forward, r_inverse = fields.resize(fields.exp(torch.cat([velocity, -velocity]), lattice_spacing,
-                                                        config.squaring_steps), shape)
+    with torch.no_grad():
+        r_forward, r_inverse = fields.resize(exp_both_ways(velocity, lattice_spacing, config), shape)
         return fields.compose(forward, r_forward[None], spacing), fields.compose(r_inverse[None], inverse, spacing)
 
 
