@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DATA
+from conftest import DATA, VESSELS
 from test_denoiser import TINY_DENOISER, TINY_VQAE
 
 from unleash.checkpoints import load_model, save_model
@@ -17,7 +17,7 @@ from unleash.models.refiner import Refiner, RefinerConfig, pixel_shuffle_3d
 from unleash.models.sampler import Sampler, SamplerConfig
 from unleash.models.vqae import VQAEConfig, VQAutoEncoder
 from unleash.sample import decode_pair, fine_probabilities, load_sampler, sample_grid
-from unleash.train.refiner import RefinerTraining, draw_crop, train_refiner
+from unleash.train.refiner import RefinerTraining, draw_crop, refiner_loss, skeleton_tube, train_refiner
 
 COARSE_VQAE = VQAEConfig(**{**TINY_VQAE.to_dict(), "spacing_mm": 2.0})
 TINY_REFINER = RefinerConfig(width=4, layers=2)
@@ -50,7 +50,8 @@ def tube_scan(offset: int) -> tuple[torch.Tensor, torch.Tensor]:
     return coarse, fine
 
 
-def test_training_draws_thin_tubes_where_the_input_is_a_soft_blob():
+@pytest.mark.parametrize("term", ["cldice_weight", "skeleton_recall_weight"])
+def test_training_draws_thin_tubes_where_the_input_is_a_soft_blob(term):
     torch.manual_seed(0)
     scans = [tube_scan(offset) for offset in (4, 10, 16)]
     refiner = Refiner(TINY_REFINER)
@@ -58,7 +59,7 @@ def test_training_draws_thin_tubes_where_the_input_is_a_soft_blob():
     with torch.no_grad():
         before = refiner(coarse[None, None])[0, 0]
     losses = train_refiner(refiner, scans, RefinerTraining(crop_coarse=8, batch_size=4, steps=150, learning_rate=1e-2,
-                                                           cldice_weight=0.5), log=lambda _: None)
+                                                           **{term: 0.5}), log=lambda _: None)
     with torch.no_grad():
         after = refiner(coarse[None, None])[0, 0]
 
@@ -70,6 +71,48 @@ def test_training_draws_thin_tubes_where_the_input_is_a_soft_blob():
     assert dice(after) > dice(before) + 0.1
 
 
+def test_the_skeleton_tube_of_a_real_mask_is_its_centrelines_within_the_vessels():
+    """Case 032's fixed mask, a 64-voxel crop around its vessels' centre: the tube holds every skeleton
+    voxel, only vessel voxels next to the skeleton, and not the rims of the thick vessels."""
+    from scipy import ndimage
+    from skimage.morphology import skeletonize
+
+    from unleash.geometry import read_volume
+
+    path = VESSELS / "train" / "case_032_1.nii.gz"
+    if not path.is_file():
+        pytest.skip(f"real Lung250M-4B vessel masks not found under {VESSELS} (set UNLEASH_DATA)")
+    mask = read_volume(path).array > 0
+    centre = np.argwhere(mask).mean(axis=0).astype(int)
+    crop = mask[tuple(slice(max(0, c - 32), c + 32) for c in centre)]
+    tube = skeleton_tube(torch.from_numpy(crop.astype(np.uint8))).numpy().astype(bool)
+    skeleton = skeletonize(crop).astype(bool)
+    near = ndimage.binary_dilation(skeleton, ndimage.generate_binary_structure(3, 1))
+    assert skeleton.sum() > 100 and tube[skeleton].all()
+    assert not tube[~crop].any() and not tube[~near].any()
+    assert tube.sum() < 0.6 * crop.sum()  # thick vessels' rims are off it
+
+
+def test_skeleton_recall_makes_missing_a_thin_vessel_cost_more_than_the_same_voxels_of_a_thick_one():
+    """A thick (6 x 6) and a thin (1 x 1) tube along k; two drawings each miss 24 vessel voxels: the thin
+    tube, or a rim layer of the thick one. Dice and cross-entropy cannot tell them apart; skeleton recall can."""
+    target = torch.zeros(16, 16, 24)
+    target[2:8, 2:8, :] = 1
+    target[12, 12, :] = 1
+    no_thin, no_rim = target.clone(), target.clone()
+    no_thin[12, 12, :] = 0
+    no_rim[2, 2:8, :4] = 0
+    assert no_thin.sum() == no_rim.sum()
+    targets = torch.stack([target, skeleton_tube(target.to(torch.uint8)).float()])[None]
+
+    def loss(drawing, weight):
+        logits = (20 * drawing - 10)[None, None]
+        return float(refiner_loss(logits, targets, RefinerTraining(skeleton_recall_weight=weight)))
+
+    assert loss(no_thin, 0.0) == pytest.approx(loss(no_rim, 0.0), rel=1e-4)
+    assert loss(no_thin, 1.0) > loss(no_rim, 1.0) + 0.01
+
+
 def test_crops_of_coarse_and_fine_cover_the_same_box_and_are_flipped_alike():
     torch.manual_seed(0)
     fine = (torch.rand(24, 20, 16) > 0.7).to(torch.uint8)
@@ -79,6 +122,10 @@ def test_crops_of_coarse_and_fine_cover_the_same_box_and_are_flipped_alike():
         x, y = draw_crop(coarse, fine, 2, 6, rng)
         assert x.shape == (1, 6, 6, 6) and y.shape == (1, 12, 12, 12)
         assert torch.allclose(F.avg_pool3d(y[None], 2)[0], x)
+    maps = torch.stack([fine, 1 - fine])  # more fine maps than the target: cropped alike
+    x, y = draw_crop(coarse, maps, 2, 6, np.random.default_rng(1))
+    assert y.shape == (2, 12, 12, 12) and torch.equal(y[1], 1 - y[0])
+    assert torch.allclose(F.avg_pool3d(y[:1][None], 2)[0], x)
 
 
 def coarse_sampler_config(refiner: RefinerConfig | None = TINY_REFINER) -> SamplerConfig:

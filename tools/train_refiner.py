@@ -1,10 +1,12 @@
 """Train the vessel refiner of a sampler (models/refiner.py) and write the sampler file with it.
 
     .venv/bin/python tools/train_refiner.py --out unleash/weights/sampler_default.safetensors \
-        [--sampler unleash/weights/sampler_default.safetensors] [--steps 2000] [--width 16] [--cldice-weight 0]
+        [--sampler unleash/weights/sampler_default.safetensors] [--steps 2000] [--fresh --width 16 --layers 3]
+        [--skeleton-recall-weight 0] [--cldice-weight 0]
 
 A --sampler that has a refiner already: that refiner is trained further (e.g. a few hundred steps with
---cldice-weight, whose soft skeletons make each step about five times slower).
+--cldice-weight, whose soft skeletons make each step about five times slower), unless --fresh: then a
+new one of --width and --layers is trained from the sampler's decoder.
 
 Inputs: the sampler's own decoder's 2 mm vessel probabilities of the paper's tokens of the Lung250M-4B
 training pairs; targets: those pairs' real 1 mm masks in the same 256 x 208 x 256 mm box. Case 041 is
@@ -78,7 +80,10 @@ def main() -> None:
                                           "if it has a refiner, that one is trained further")
     parser.add_argument("--out", required=True, help="the sampler model file to write (the given one plus the refiner)")
     parser.add_argument("--steps", type=int, default=RefinerTraining.steps)
+    parser.add_argument("--fresh", action="store_true", help="train a new refiner even if the sampler has one")
     parser.add_argument("--width", type=int, default=RefinerConfig.width)
+    parser.add_argument("--layers", type=int, default=RefinerConfig.layers)
+    parser.add_argument("--skeleton-recall-weight", type=float, default=RefinerTraining.skeleton_recall_weight)
     parser.add_argument("--cldice-weight", type=float, default=RefinerTraining.cldice_weight)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -87,11 +92,13 @@ def main() -> None:
         raise SystemExit(f"this refiner brings a 2 mm decoder to 1 mm; this decoder is at {sampler.vqae.config.spacing_mm} mm")
     scans = decoded_scans(sampler)
     held_out = scans.pop(HELD_OUT_PAIR)
-    start = "trilinear" if sampler.refiner is None else "the given refiner"
-    before = held_out_figures(held_out, sampler.refiner)
+    given = None if args.fresh else sampler.refiner  # a sampler's refiner trains on
+    start = "trilinear" if given is None else "the given refiner"
+    before = held_out_figures(held_out, given)
     print(f"{HELD_OUT_PAIR}, {start}: {before}", flush=True)
-    settings = RefinerTraining(steps=args.steps, cldice_weight=args.cldice_weight)
-    refiner = sampler.refiner or Refiner(RefinerConfig(width=args.width))  # a sampler's refiner trains on
+    settings = RefinerTraining(steps=args.steps, skeleton_recall_weight=args.skeleton_recall_weight,
+                               cldice_weight=args.cldice_weight)
+    refiner = given or Refiner(RefinerConfig(width=args.width, layers=args.layers))
     train_refiner(refiner, [scan for pair in scans.values() for scan in pair], settings)
     after = held_out_figures(held_out, refiner)
     print(f"{HELD_OUT_PAIR}, refined: {after}", flush=True)
