@@ -111,10 +111,11 @@ def spread(rows: list[dict], key: str) -> list[float]:
     return [float(np.min(values)), float(np.median(values)), float(np.max(values))]
 
 
-def print_table(groups: dict[str, list[dict]]) -> None:
+def print_table(groups: dict[str, list[dict]], measures: dict | None = None) -> None:
+    """min / median / max of each measure (default: the morphometry and the motion) per group."""
     names = list(groups)
     print(f"\n{'min / median / max':<46}" + "".join(f"{n + f' ({len(groups[n])})':>26}" for n in names))
-    for key, (heading, fmt) in {**MEASURES, **MOTION}.items():
+    for key, (heading, fmt) in (measures or {**MEASURES, **MOTION}).items():
         cells = [" / ".join(fmt.format(v) for v in spread(groups[n], key)) for n in names]
         print(f"{heading:<46}" + "".join(f"{c:>26}" for c in cells))
 
