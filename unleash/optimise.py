@@ -33,7 +33,7 @@ class RefineConfig:
     regularisation: float = 1.0
     learning_rate_mm: float = 1.0
     # 3 squarings from the second-order start (fields.exp) gave the TRE of 5 from the first-order one on five
-    # val pairs, with less inverse-consistency error, in 28 % less time at 1 mm (the registration card).
+    # val pairs, with less inverse-consistency error, in 22-28 % less time at 1 mm (the registration card).
     squaring_steps: int = 3
     second_order_start: bool = True
     # Points sampled per iteration: at 1 mm about a million voxels lie near vessels; a fresh random
