@@ -80,6 +80,15 @@ def test_diffusion_penalty_is_isotropic_in_millimetres():
     assert torch.isclose(fields.diffusion_penalty(along_x, SPACING), fields.diffusion_penalty(along_z, SPACING))
 
 
+def test_bending_energy_leaves_a_uniform_strain_free_and_measures_curvature_in_millimetres():
+    z, y, x = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) * SPACING for n in (12, 13, 14)], indexing="ij")
+    strain = torch.stack([0.1 * x + 0.2 * y - 0.3 * z + 5.0, 0.05 * z, 0.2 * x])[None]  # affine: no bending
+    assert fields.bending_penalty(strain, SPACING) < 1e-9 < fields.diffusion_penalty(strain, SPACING)
+    # u_x = 0.01 x^2 (u_xx = 0.02 / mm), u_z = 0.02 x y (u_xy = 0.02 / mm, counted twice): mean over 3 components
+    curved = torch.stack([0.01 * x ** 2, torch.zeros_like(x), 0.02 * x * y])[None]
+    assert torch.isclose(fields.bending_penalty(curved, SPACING), torch.tensor((0.02 ** 2 + 2 * 0.02 ** 2) / 3))
+
+
 def test_gaussian_blur_of_an_impulse_is_the_separable_kernel_and_keeps_constants():
     image = torch.zeros(1, 1, 15, 13, 17)
     image[0, 0, 7, 6, 8] = 1.0

@@ -18,7 +18,6 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +36,8 @@ from unleash.transforms import displacement_at  # noqa: E402
 
 DATA = Path(os.environ.get("UNLEASH_DATA", REPO.parent / "shared" / "data")) / "lung250m4b_vessels"
 DEFAULT = RefineConfig()
-COARSE = replace(DEFAULT, **{name: getattr(DEFAULT, name)[:2] for name in ("lattice_mm", "image_mm", "blur_mm", "iterations")})
-FINE = replace(DEFAULT, **{name: getattr(DEFAULT, name)[2:] for name in ("lattice_mm", "image_mm", "blur_mm", "iterations")})
+COARSE = DEFAULT.levels(slice(0, 2))
+FINE = DEFAULT.levels(slice(2, None))
 WINDOW = discrete.DiscreteConfig(radius_steps=2)
 
 

@@ -112,6 +112,19 @@ def diffusion_penalty(displacement_mm: torch.Tensor, spacing_mm: float) -> torch
     return (dz.pow(2).mean() + dy.pow(2).mean() + dx.pow(2).mean())
 
 
+def bending_penalty(displacement_mm: torch.Tensor, spacing_mm: float) -> torch.Tensor:
+    """Mean thin-plate bending energy of u in 1/mm^2: its squared second derivatives (mixed ones twice).
+    Zero for any affine u, so unlike the diffusion penalty it does not resist a uniform strain."""
+    u, h = displacement_mm, spacing_mm
+    first = [(u[:, :, 1:] - u[:, :, :-1]) / h, (u[:, :, :, 1:] - u[:, :, :, :-1]) / h, (u[..., 1:] - u[..., :-1]) / h]
+    energy = 0.0
+    for a in range(3):  # (z, y, x) = dimensions 2, 3, 4
+        for b in range(a, 3):
+            d = first[a].narrow(2 + b, 1, first[a].shape[2 + b] - 1) - first[a].narrow(2 + b, 0, first[a].shape[2 + b] - 1)
+            energy = energy + (1 if a == b else 2) * (d / h).pow(2).mean()
+    return energy
+
+
 def inverse_consistency_error_mm(forward_mm: torch.Tensor, inverse_mm: torch.Tensor, spacing_mm: float) -> torch.Tensor:
     """|phi_inverse(phi_forward(x)) - x| in mm at every voxel, (N, D, H, W)."""
     return compose(inverse_mm, forward_mm, spacing_mm).norm(dim=1)
