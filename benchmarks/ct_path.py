@@ -80,11 +80,15 @@ def phantom_ct(vessels: Volume, seed: int = 0) -> tuple[Volume, np.ndarray]:
 
 
 def _body_around(lungs: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
-    """An elliptic cylinder along the array's first axis around the lungs' axial extent, with a margin."""
-    k, j, i = np.nonzero(lungs)
-    margin = BODY_MARGIN_MM / spacing_zyx
+    """An elliptic cylinder along the array's first axis that holds every lung voxel, with a margin:
+    lungs that reached the air outside would be taken for outside air."""
+    footprint = lungs.any(axis=0)
+    j, i = np.nonzero(footprint)
     centre_j, centre_i = (j.min() + j.max()) / 2, (i.min() + i.max()) / 2
-    half_j, half_i = (j.max() - j.min()) / 2 + margin[1], (i.max() - i.min()) / 2 + margin[2]
+    half_j, half_i = (j.max() - j.min()) / 2 + 1, (i.max() - i.min()) / 2 + 1
+    reach = np.sqrt(((j - centre_j) / half_j) ** 2 + ((i - centre_i) / half_i) ** 2).max()  # >= 1 at box corners
+    margin = BODY_MARGIN_MM / spacing_zyx
+    half_j, half_i = half_j * reach + margin[1], half_i * reach + margin[2]
     jj, ii = np.ogrid[:lungs.shape[1], :lungs.shape[2]]
     section = ((jj - centre_j) / half_j) ** 2 + ((ii - centre_i) / half_i) ** 2 <= 1
     return np.broadcast_to(section, lungs.shape)
