@@ -12,12 +12,14 @@ import itertools
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from scipy import ndimage
 
 from .errors import UserError
 from .geometry import Grid, Volume
 from .input_kind import check_voxel_values, detect_input_kind
 from .jobspec import INPUT_KINDS
+from .workgrid import field_to_grid
 
 # Lung mask from a CT.
 AIR_HU = -400.0                 # lung parenchyma is about -850 HU, soft tissue 0..50 HU
@@ -332,10 +334,6 @@ def _resample(array: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
     """`array` [k, j, i] on `source` sampled on `target`, trilinearly, as float32; beyond `source` its
     border value. Scans and the grids made from them share a direction, so this is three 1-D
     interpolations (workgrid.field_to_grid), several times faster than SimpleITK's resampling."""
-    import torch  # only when a CT is segmented
-
-    from .workgrid import field_to_grid
-
     values = torch.from_numpy(np.ascontiguousarray(array, np.float32))
     return field_to_grid(values[None, None], source, target)[0]
 
