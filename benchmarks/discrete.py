@@ -81,11 +81,12 @@ def compare(case: str, config) -> dict:
     coarse = refine(images, COARSE)
     row["coarse"] = (error(coarse), time.perf_counter() - start)
     start = time.perf_counter()
-    searched, _ = discrete.start_velocity(a, b, spacing, discrete.DiscreteConfig(), DEFAULT.squaring_steps)
+    searched, _ = discrete.start_velocity(a, b, spacing, discrete.DiscreteConfig(), DEFAULT.squaring_steps,
+                                         DEFAULT.second_order_start)
     row["search"] = (error(searched), time.perf_counter() - start)
     start = time.perf_counter()
     warped = fields.warp(b, displacement(coarse), spacing)
-    window, _ = discrete.start_velocity(a, warped, spacing, WINDOW, DEFAULT.squaring_steps)
+    window, _ = discrete.start_velocity(a, warped, spacing, WINDOW, DEFAULT.squaring_steps, DEFAULT.second_order_start)
     # exp(v_coarse) o exp(w) ~ exp(v_coarse + w) to first order: w is a few mm
     combined = fields.resize(coarse, window.shape[2:]) + window
     row["coarse+window"] = (error(combined), time.perf_counter() - start)

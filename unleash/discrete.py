@@ -139,10 +139,11 @@ def search(fixed_occupancy: torch.Tensor, moving_occupancy: torch.Tensor, spacin
 
 
 def start_velocity(fixed_occupancy: torch.Tensor, moving_occupancy: torch.Tensor, spacing_mm: float,
-                   config: DiscreteConfig, squaring_steps: int) -> tuple[torch.Tensor, float]:
+                   config: DiscreteConfig, squaring_steps: int, second_order: bool = False) -> tuple[torch.Tensor, float]:
     """A stationary velocity v (1, 3, d, h, w) in mm on the control lattice, and its spacing, such that
     exp(v) ~ the symmetric mean of the forward search and the inverse of the backward one:
-    u = (u_f - u_b o (x + u_f)) / 2, then v from exp(v) = x + u by fixed-point steps v += u - exp(v)."""
+    u = (u_f - u_b o (x + u_f)) / 2, then v from exp(v) = x + u by fixed-point steps v += u - exp(v), with
+    the exp the refinement fits (`squaring_steps`, `second_order`: fields.exp)."""
     forward, backward = search(fixed_occupancy, moving_occupancy, spacing_mm, config)
     lattice = forward.shape[2:]
     if tuple(lattice) != lattice_shape(fixed_occupancy.shape[2:], spacing_mm, config.control_mm):
@@ -151,5 +152,5 @@ def start_velocity(fixed_occupancy: torch.Tensor, moving_occupancy: torch.Tensor
     target = 0.5 * (forward - fields.warp(backward, forward, lattice_spacing))
     velocity = target.clone()
     for _ in range(config.inverse_iterations):
-        velocity = velocity + (target - fields.exp(velocity, lattice_spacing, squaring_steps))
+        velocity = velocity + (target - fields.exp(velocity, lattice_spacing, squaring_steps, second_order))
     return velocity, lattice_spacing

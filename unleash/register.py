@@ -99,7 +99,7 @@ def _refined(pair: PreparedPair, forward: torch.Tensor, inverse: torch.Tensor, c
     start = None
     if config.search is not None:  # the discrete search between fixed and the (network-)warped moving
         start, _ = discrete.start_velocity(images[0].fixed, images[0].moving_warped, spacing, config.search,
-                                           config.squaring_steps)
+                                           config.squaring_steps, config.second_order_start)
     velocity = refine(images, config, on_progress, start)
     del images
     lattice_spacing = (forward.shape[-1] - 1) * spacing / (velocity.shape[-1] - 1)
