@@ -33,7 +33,7 @@ def test_the_written_out_adam_steps_exactly_as_torch_optim_adam():
 def test_each_iteration_takes_a_fresh_share_of_the_near_vessel_points_in_raster_order():
     generator = torch.Generator().manual_seed(1)
     a, b = torch.rand(1, 1, 20, 21, 22, generator=generator), torch.rand(1, 1, 20, 21, 22, generator=generator)
-    loss = _LevelLoss(a, b, 1.0, (6, 6, 6), RefineConfig(max_points=1000))
+    loss = _LevelLoss(a, b, 1.0, (6, 6, 6), RefineConfig(max_points=1000), level=3)
     count = len(loss.near)
     shares = [loss._chosen() for _ in range(count // 1000)]  # one pass
     assert all(len(s) == 1000 and bool((s[1:] > s[:-1]).all()) for s in shares)  # sorted, no repeats

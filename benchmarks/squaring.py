@@ -65,7 +65,7 @@ def main() -> None:
         shape = workgrid.lattice_shape(pair.fixed_occupancy.shape[2:], spacing, default.lattice_mm[level])
         start = fields.resize(velocity, shape).clone().requires_grad_(True)
         seconds = {name: [] for name in VARIANTS}
-        loss = _LevelLoss(a, b, image_mm, shape, default)
+        loss = _LevelLoss(a, b, image_mm, shape, default, level)
         for _ in range(args.rounds):
             for name, (steps, second) in VARIANTS.items():
                 loss.config = RefineConfig(squaring_steps=steps, second_order_start=second)

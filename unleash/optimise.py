@@ -93,9 +93,8 @@ def refine(images: list[Occupancy], config: RefineConfig, on_iteration=None,
     costs = [n * _iteration_cost(box, source, lattice_mm, image_mm, config)
              for source, lattice_mm, image_mm, n in zip(sources, config.lattice_mm, config.image_mm, config.iterations)]
     done, total, work_done = 0, config.total_iterations, 0.0
-    for source, lattice_mm, image_mm, blur_mm, iterations, cost, diffusion, bending_mm2 in zip(
-            sources, config.lattice_mm, config.image_mm, config.blur_mm, config.iterations, costs, config.diffusion,
-            config.bending_mm2):
+    for level, (source, lattice_mm, image_mm, blur_mm, iterations, cost) in enumerate(zip(
+            sources, config.lattice_mm, config.image_mm, config.blur_mm, config.iterations, costs)):
         a, image_spacing = resample_box(source.fixed, source.spacing_mm, max(image_mm, source.spacing_mm))
         b, _ = resample_box(source.moving_warped, source.spacing_mm, max(image_mm, source.spacing_mm))
         a = gaussian_blur(a, blur_mm / image_spacing)
@@ -104,7 +103,7 @@ def refine(images: list[Occupancy], config: RefineConfig, on_iteration=None,
         start = torch.zeros(1, 3, *shape, device=a.device) if velocity is None else fields.resize(velocity, shape)
         velocity = start.clone().requires_grad_(True)
         optimiser = Adam(velocity, config.learning_rate_mm)
-        level_loss = _LevelLoss(a, b, image_spacing, shape, config, diffusion, bending_mm2)
+        level_loss = _LevelLoss(a, b, image_spacing, shape, config, level)
         for _ in range(iterations):
             velocity.grad = None
             loss = level_loss(velocity)
@@ -162,13 +161,13 @@ class _LevelLoss:
     lets PyTorch spread grid_sample's backward pass over two CPU cores."""
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor, image_spacing_mm: float, lattice_dhw, config: RefineConfig,
-                 diffusion: float = 1.0, bending_mm2: float = 0.0):
+                 level: int):
         self.near = _points_near_vessels(a, b)  # (N, 3) normalised x, y, z
         self.targets = _sample(torch.cat([a, b]), self.near.expand(2, -1, -1))[:, 0]  # (2, N): fixed, moving
         self.images = torch.cat([b, a])  # (2, 1, D, H, W): moving is pulled onto fixed, fixed onto moving
         self.mm_to_normalised = 2.0 / ((torch.tensor(a.shape[2:][::-1], device=a.device) - 1) * image_spacing_mm)
         self.lattice_spacing_mm = (a.shape[-1] - 1) * image_spacing_mm / (lattice_dhw[-1] - 1)
-        self.config, self.diffusion, self.bending_mm2 = config, diffusion, bending_mm2
+        self.config, self.diffusion, self.bending_mm2 = config, config.diffusion[level], config.bending_mm2[level]
         self._order, self._next = None, 0
 
     def _chosen(self):
