@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("skimage", reason="the morphometry needs scikit-image (pip install -e '.[bench]')")
+pytest.importorskip("skimage", reason="the morphometry needs scikit-image (an engine dependency)")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from morphometry import scan_morphometry  # noqa: E402

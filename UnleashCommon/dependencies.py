@@ -23,6 +23,7 @@ PIP_REQUIREMENTS = {  # import name -> pip requirement
     "isal": "isal>=1.6,<2",  # gzip of the output fields, 5x faster than zlib (the engine falls back to zlib)
     "scipy": "scipy>=1.10,<2",
     "matplotlib": "matplotlib>=3.7,<4",  # the previews of samples and training runs
+    "skimage": "scikit-image>=0.22,<1",  # the 3D skeleton of the sampler's mask rule
 }
 # Slicer ships these; an extension must never replace them.
 PROTECTED = {"numpy": "numpy", "SimpleITK": "SimpleITK"}  # import name -> distribution name

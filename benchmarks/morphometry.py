@@ -41,7 +41,7 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
 
 
 def skeleton_of(vessels: np.ndarray) -> np.ndarray:
-    from skimage.morphology import skeletonize  # the benchmarks' extra (pip install -e '.[bench]')
+    from skimage.morphology import skeletonize
 
     return skeletonize(vessels).astype(bool)
 

@@ -5,10 +5,11 @@ two scans; min / median / max over the pairs). No files are written and no pair 
 variant costs about a minute for four pairs; realism.py measures the motion and draws the figure.
 
     .venv/bin/python benchmarks/refiners.py --sampler shipped --sampler runs/candidate.safetensors \
-        [--pairs 4] [--temperature 0.9] [--threshold 0.5]
+        [--pairs 4] [--temperature 0.9] [--threshold 0.5] [--centreline-threshold 0.25]
 
 --threshold replaces the mask rule's base threshold (sample.THRESHOLD; the vessel share's real range
-still applies); --temperature draws other grids (the shipped denoiser at that temperature).
+still applies); --centreline-threshold replaces sample.CENTRELINE_THRESHOLD (1: no centrelines, the mask
+rule before them); --temperature draws other grids (the shipped denoiser at that temperature).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=4, help=f"token grids (at most {DEFAULT_SAMPLE_BATCH}: one batch)")
     parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
     parser.add_argument("--threshold", type=float, default=sample.THRESHOLD)
+    parser.add_argument("--centreline-threshold", type=float, default=sample.CENTRELINE_THRESHOLD)
     args = parser.parse_args()
     if not 1 <= args.pairs <= DEFAULT_SAMPLE_BATCH or not args.sampler:
         raise SystemExit(f"give --sampler at least once and --pairs 1-{DEFAULT_SAMPLE_BATCH}")
@@ -52,7 +54,7 @@ def main() -> None:
         raise SystemExit(str(error)) from None
     tokens = sample.sample_tokens(shipped.denoiser, DEFAULT_SAMPLE_BATCH, DEFAULT_SCHEDULE, SCHEDULES[DEFAULT_SCHEDULE],
                                   args.temperature, torch.Generator(device).manual_seed(0))[:args.pairs]
-    sample.THRESHOLD = args.threshold
+    sample.THRESHOLD, sample.CENTRELINE_THRESHOLD = args.threshold, args.centreline_threshold
     groups = {}
     for path, model in models.items():
         grid = sample.sample_grid(model.vqae.config)
@@ -66,7 +68,7 @@ def main() -> None:
             rows.append({key: (scans[0][key] + scans[1][key]) / 2 for key in MEASURES})
         groups[Path(path).stem] = rows
         print(f"{path}: {len(rows)} pairs in {time.perf_counter() - started:.0f} s", flush=True)
-    print(f"\ntemperature {args.temperature}, threshold {args.threshold}", end="")
+    print(f"\ntemperature {args.temperature}, threshold {args.threshold}, centrelines {args.centreline_threshold}", end="")
     print_table(groups, MEASURES)
 
 

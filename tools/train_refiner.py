@@ -62,7 +62,7 @@ def decoded_scans(sampler: Sampler) -> dict[str, list[tuple[torch.Tensor, torch.
 @torch.no_grad()
 def held_out_figures(scans, refiner: Refiner | None) -> str:
     """Dice with the real masks and skeleton voxels per 1000 vessel voxels of the held-out pair's drawings."""
-    from skimage.morphology import skeletonize  # the benchmarks' extra
+    from skimage.morphology import skeletonize
 
     figures = []
     for coarse, real in scans:

@@ -30,7 +30,7 @@ def skeleton_tube(mask: torch.Tensor) -> torch.Tensor:
     """A binary mask (I, J, K) -> uint8 (I, J, K): 1 on its vessel voxels within one voxel (face
     neighbours) of its 3D skeleton (scikit-image's thinning, as benchmarks/morphometry.py), 0 elsewhere."""
     from scipy import ndimage
-    from skimage.morphology import skeletonize  # the benchmarks' extra (pip install -e '.[bench]')
+    from skimage.morphology import skeletonize
 
     vessel = mask.numpy().astype(bool)
     tube = ndimage.binary_dilation(skeletonize(vessel).astype(bool), SKELETON_TUBE) & vessel
