@@ -28,7 +28,7 @@ from unleash.modelfile import read_metadata
 from unleash.models.sampler import Sampler, SamplerConfig
 from unleash.models.vqae import VQAEConfig, VQAutoEncoder
 from unleash.output_folder import MARKER
-from unleash.sample import SCHEDULES, decode_pair, sample_grid, sample_tokens
+from unleash.sample import SCHEDULES, decode_pair, sample_grid, sample_tokens, vessel_mask
 
 L = TINY_DENOISER.tokens
 CODES = TINY_DENOISER.codebook_size
@@ -144,7 +144,8 @@ def test_decoded_volumes_are_label_maps_on_a_1mm_grid_centred_at_0(sampler):
         assert labels.shape == tuple(reversed(TINY_VQAE.volume_shape_ijk)) and labels.dtype == np.uint8
         assert set(np.unique(labels)) <= {0, 1}
         assert probability.min() >= 0 and probability.max() <= 1
-        assert np.array_equal(labels, (probability > volumes[f"{name}_threshold"]).astype(np.uint8))
+        mask = vessel_mask(torch.from_numpy(probability).permute(2, 1, 0), volumes[f"{name}_threshold"], 1)
+        assert np.array_equal(labels, mask.permute(2, 1, 0).numpy().astype(np.uint8))  # the mask rule, [k, j, i]
 
 
 def graded_map(shares_and_values, shape=(40, 50, 60), seed=0) -> torch.Tensor:

@@ -185,19 +185,18 @@ def vessel_mask(probability: torch.Tensor, threshold: float, factor: int) -> tor
     spans = [np.flatnonzero(wide.any(axis=tuple({0, 1, 2} - {axis}))) for axis in range(3)]
     start = np.array([span[0] for span in spans])
     skeleton = np.pad(skeletonize(wide[tuple(slice(span[0], span[-1] + 1) for span in spans)]).astype(bool), 1)
-    blocks = np.argwhere(skeleton) - 1 + start  # (M, 3) on the decoder's grid
-    inside = factor * blocks[:, None] + np.array(list(itertools.product(range(factor), repeat=3)))  # (M, f^3, 3)
-    values = _gather(probability, inside)
-    peaks = inside[np.arange(len(blocks)), values.argmax(axis=1)]  # (M, 3) fine
-    pieces, _ = ndimage.label(skeleton, NEIGHBOURS_26)
-    on = pieces[tuple((blocks + 1 - start).T)]
-    keep = np.isin(on, on[values.max(axis=1) > threshold])  # pieces through a block that holds a vessel voxel
-    skeleton[tuple((blocks[~keep] + 1 - start).T)] = False
-    blocks, peaks = blocks[keep], peaks[keep]
+    cells = np.argwhere(skeleton)  # (M, 3) in the padded box
+    inside = factor * (cells - 1 + start)[:, None] + np.array(list(itertools.product(range(factor), repeat=3)))
+    values = _gather(probability, inside)  # (M, f^3): the fine voxels of each skeleton block
+    peaks = inside[np.arange(len(cells)), values.argmax(axis=1)]  # (M, 3) fine
+    pieces = ndimage.label(skeleton, NEIGHBOURS_26)[0][tuple(cells.T)]
+    keep = np.isin(pieces, pieces[values.max(axis=1) > threshold])  # pieces through a block that holds a vessel voxel
+    skeleton[tuple(cells[~keep].T)] = False
+    cells, peaks = cells[keep], peaks[keep]
     peak_of = np.zeros(skeleton.shape + (3,), np.int64)
-    peak_of[tuple((blocks + 1 - start).T)] = peaks
-    ends = [(peaks[linked], peak_of[tuple((blocks[linked] + 1 - start + d).T)])
-            for d in HALF_STEPS for linked in [skeleton[tuple((blocks + 1 - start + d).T)]]]
+    peak_of[tuple(cells.T)] = peaks
+    ends = [(peaks[linked], peak_of[tuple((cells[linked] + d).T)])
+            for d in HALF_STEPS for linked in [skeleton[tuple((cells + d).T)]]]
     a, b = (np.concatenate(side) for side in zip(*ends))
     fine = np.concatenate([peaks, _ridge_paths(probability, a, b)])
     mask[tuple(torch.from_numpy(fine).to(mask.device).T)] = True
