@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from unleash import fields  # noqa: E402
 from unleash.adapt import adapt  # noqa: E402
+from unleash.affine import AffineConfig  # noqa: E402
 from unleash.checkpoints import load_model  # noqa: E402
 from unleash.datasets import read_landmarks  # noqa: E402
 from unleash.discrete import DiscreteConfig  # noqa: E402
@@ -101,6 +102,8 @@ def refine_config(base: RefineConfig, overrides: dict) -> RefineConfig:
     fields_ = {**base.__dict__, **overrides}
     if isinstance(fields_.get("search"), dict):
         fields_["search"] = DiscreteConfig(**fields_["search"])
+    if isinstance(fields_.get("affine"), dict):
+        fields_["affine"] = AffineConfig(**fields_["affine"])
     return RefineConfig(**fields_)
 
 

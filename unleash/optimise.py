@@ -5,19 +5,19 @@ phi o exp(r) stays invertible with the inverse exp(-r) o phi^-1 for free. It is 
 fine: each level refines the lattice and the blur, starting from the previous level's r. The last
 level sees the vessels at the scans' own 1 mm, which the 2 mm work grid averages away.
 The loss is symmetric (moving onto fixed and fixed onto moving) with a diffusion penalty in mm (and, as an
-option, a bending energy per level).
+option, a bending energy per level). An affine start (affine.py) can come first.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 
 import torch
-import torch.nn.functional as F
 
 from . import fields
+from .adam import Adam
+from .affine import AffineConfig
 from .discrete import DiscreteConfig
-from .losses import gaussian_blur, occupancy_mse
+from .losses import Match, gaussian_blur
 from .workgrid import lattice_shape, resample_box
 
 LEVEL_FIELDS = ("lattice_mm", "image_mm", "blur_mm", "iterations", "diffusion", "bending_mm2")  # one entry per level
@@ -49,6 +49,10 @@ class RefineConfig:
     max_points: int = 150_000
     # A discrete correspondence search (discrete.py) to start the first level from; None: from zero.
     search: DiscreteConfig | None = None
+    # An affine transform fitted before the levels (affine.py), on which they fit the rest; None: none. It carries
+    # the breathing's global strain into the vessel-free periphery, which the diffusion penalty resists.
+    affine: AffineConfig | None = field(default_factory=lambda: AffineConfig(
+        image_mm=[8.0, 4.0], blur_mm=[8.0, 4.0], iterations=[60, 30]))
 
     @property
     def total_iterations(self) -> int:
@@ -123,27 +127,6 @@ def exp_both_ways(velocity: torch.Tensor, lattice_spacing_mm: float, config: Ref
                       second_order=config.second_order_start)
 
 
-class Adam:
-    """Adam (Kingma and Ba, 2015) on one tensor, step for step as torch.optim.Adam computes it. Written out
-    because the first torch.optim optimiser of a process imports torch._dynamo: 1.5 s of start-up."""
-
-    def __init__(self, parameter: torch.Tensor, learning_rate: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.parameter, self.learning_rate, self.betas, self.eps = parameter, learning_rate, betas, eps
-        self.mean = torch.zeros_like(parameter)
-        self.mean_square = torch.zeros_like(parameter)
-        self.steps = 0
-
-    @torch.no_grad()
-    def step(self) -> None:
-        (beta1, beta2), gradient = self.betas, self.parameter.grad
-        self.steps += 1
-        self.mean.lerp_(gradient, 1 - beta1)
-        self.mean_square.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
-        step_mm = self.learning_rate / (1 - beta1 ** self.steps)
-        denominator = (self.mean_square.sqrt() / math.sqrt(1 - beta2 ** self.steps)).add_(self.eps)
-        self.parameter.addcdiv_(self.mean, denominator, value=-step_mm)
-
-
 def _iteration_cost(box: Occupancy, source: Occupancy, lattice_mm: float, image_mm: float, config: RefineConfig) -> float:
     """Rough cost of one iteration of a level, for an honest time-left: scaling and squaring of both
     directions over the lattice plus the sampled points (at most all voxels of the level's grid).
@@ -155,17 +138,12 @@ def _iteration_cost(box: Occupancy, source: Occupancy, lattice_mm: float, image_
 
 
 class _LevelLoss:
-    """Symmetric blurred-occupancy mismatch near the vessels + diffusion and bending penalties of one level.
-
-    Both directions run as one batch of two (velocity and its negative, moving and fixed), which
-    lets PyTorch spread grid_sample's backward pass over two CPU cores."""
+    """Symmetric blurred-occupancy mismatch near the vessels + diffusion and bending penalties of one level."""
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor, image_spacing_mm: float, lattice_dhw, config: RefineConfig,
                  level: int):
-        self.near = _points_near_vessels(a, b)  # (N, 3) normalised x, y, z
-        self.targets = _sample(torch.cat([a, b]), self.near.expand(2, -1, -1))[:, 0]  # (2, N): fixed, moving
-        self.images = torch.cat([b, a])  # (2, 1, D, H, W): moving is pulled onto fixed, fixed onto moving
-        self.mm_to_normalised = 2.0 / ((torch.tensor(a.shape[2:][::-1], device=a.device) - 1) * image_spacing_mm)
+        self.vessels = Match.of_vessels(a, b, image_spacing_mm)
+        self.near = self.vessels.points
         self.lattice_spacing_mm = (a.shape[-1] - 1) * image_spacing_mm / (lattice_dhw[-1] - 1)
         self.config, self.diffusion, self.bending_mm2 = config, config.diffusion[level], config.bending_mm2[level]
         self._order, self._next = None, 0
@@ -187,33 +165,10 @@ class _LevelLoss:
 
     def __call__(self, velocity: torch.Tensor) -> torch.Tensor:
         config = self.config
-        chosen = self._chosen()
-        points, targets = self.near[chosen], self.targets[:, chosen]
         both = exp_both_ways(velocity, self.lattice_spacing_mm, config)
-        grid = points.expand(2, -1, -1)  # (2, n, 3)
-        moved = grid + _sample(both, grid).transpose(1, 2) * self.mm_to_normalised  # (2, n, 3)
-        warped = _sample(self.images, moved)[:, 0]  # (2, n)
-        similarity = occupancy_mse(warped[:1], targets[:1]) + occupancy_mse(warped[1:], targets[1:])
+        similarity = self.vessels(both, self._chosen())
         # the penalty's mean over the batch of two, times two: the sum over both directions
         penalty = self.diffusion * fields.diffusion_penalty(both, self.lattice_spacing_mm)
         if self.bending_mm2 > 0:
             penalty = penalty + self.bending_mm2 * fields.bending_penalty(both, self.lattice_spacing_mm)
         return similarity + 2 * penalty
-
-
-def _points_near_vessels(a: torch.Tensor, b: torch.Tensor, share: float = 0.02) -> torch.Tensor:
-    """Normalised (x, y, z) positions (N, 3) of the voxels where either blurred tree is present:
-    elsewhere both maps are ~0 and the loss has no gradient, so skipping them costs nothing in
-    accuracy and saves most of the work."""
-    level = (a + b)[0, 0]
-    index = torch.nonzero(level > share * level.max())
-    d, h, w = level.shape
-    zyx = index.float() / torch.tensor([d - 1, h - 1, w - 1], device=index.device) * 2 - 1
-    return zyx.flip(-1)
-
-
-def _sample(image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """image (B, C, D, H, W) at normalised points (N, 3) or (B, N, 3) -> (B, C, N)."""
-    grid = points if points.ndim == 3 else points[None]
-    values = F.grid_sample(image, grid[:, :, None, None, :], mode="bilinear", padding_mode="border", align_corners=True)
-    return values[..., 0, 0]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import discrete, fields, vessels, workgrid
+from .affine import fit_affine
 from .geometry import Grid, Volume
 from .models.registration import RegistrationConfig, TwoStepRegistration
 from .optimise import Occupancy, RefineConfig, exp_both_ways, refine
@@ -86,8 +87,12 @@ def register_prepared(pair: PreparedPair, network: TwoStepRegistration | None, r
 
 def _refined(pair: PreparedPair, forward: torch.Tensor, inverse: torch.Tensor, config: RefineConfig,
              device: torch.device, on_progress) -> tuple[torch.Tensor, torch.Tensor]:
-    """phi o exp(r) and exp(-r) o phi^-1 on the work grid (see optimise.py)."""
+    """phi o exp(r) and exp(-r) o phi^-1 on the work grid (see optimise.py); phi includes the affine start."""
     spacing = pair.grid.spacing_mm[0]
+    if config.affine is not None:  # phi_net o A, A^-1 o phi_net^-1: the levels then fit what is left
+        moved = _warped(pair.moving_occupancy.to(device), forward, spacing)
+        affine = fit_affine(pair.fixed_occupancy.to(device), moved, spacing, config.affine)
+        forward, inverse = fields.compose(forward, affine[:1], spacing), fields.compose(affine[1:], inverse, spacing)
     grids = [(pair.grid, pair.fixed_occupancy.to(device), pair.moving_occupancy.to(device))]
     factor = round(spacing / config.finest_image_mm)
     if factor > 1:  # a level asks for the vessels finer than the work grid: from the scans' own masks
