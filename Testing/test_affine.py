@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from unleash import fields, workgrid
 from unleash.affine import AffineConfig, _corner_displacements, fit_affine
+from unleash.errors import UserError
 from unleash.geometry import read_volume
 
 
@@ -39,3 +41,13 @@ def test_a_known_affine_motion_of_a_real_vessel_map_is_found_within_half_a_mm(va
     found = fit_affine(a, b, spacing_mm, AffineConfig(image_mm=[8.0, 4.0], blur_mm=[8.0, 4.0], iterations=[60, 30]))
     error_mm = (found - truth).norm(dim=1).mean(dim=(1, 2, 3))
     assert truth[0].norm(dim=0).mean() > 5 and bool((error_mm < 0.5).all()), error_mm
+
+
+def test_a_diverging_affine_fit_is_one_clear_error_not_a_field_of_nan():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 1, 20, 21, 22, generator=generator)
+    b = a.roll(2, dims=4)
+    config = AffineConfig(image_mm=[4.0], blur_mm=[4.0], iterations=[3], learning_rate_mm=float("inf"))
+    with pytest.raises(UserError, match="affine start .* diverged"):
+        fit_affine(a, b, 4.0, config)
+    assert fit_affine(a, b, 4.0, AffineConfig(image_mm=[4.0], blur_mm=[4.0], iterations=[3])).isfinite().all()

@@ -14,6 +14,7 @@ import torch
 
 from . import fields
 from .adam import Adam
+from .errors import UserError
 from .losses import Match, gaussian_blur
 from .workgrid import resample_box
 
@@ -54,6 +55,9 @@ def fit_affine(fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float, con
             match.through(both, chosen).backward()
             optimiser.step()
     with torch.no_grad():
+        forward, _ = _matrices(theta_mm)
+        if not bool(torch.isfinite(theta_mm).all()) or float(torch.linalg.det(forward)) <= 0:
+            raise UserError("the affine start of the registration diverged (a non-finite or folding transform)")
         return fields.resize(_corner_displacements(theta_mm, extent_mm), fixed.shape[2:])
 
 
