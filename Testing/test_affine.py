@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unleash import fields, workgrid
-from unleash.affine import AffineConfig, _corner_displacements, fit_affine
+from unleash.affine import AffineConfig, _corner_displacements, _matrices, fit_affine
 from unleash.errors import UserError
 from unleash.geometry import read_volume
 
@@ -14,7 +14,7 @@ from unleash.geometry import read_volume
 def _known_affine(extent_mm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     theta_mm = torch.zeros(3, 4)
     theta_mm[2, 2], theta_mm[2, 3], theta_mm[0, 1], theta_mm[1, 3] = 8.0, 5.0, 2.0, -3.0  # 8 % SI strain, shear, shifts
-    return theta_mm, _corner_displacements(theta_mm, extent_mm)
+    return theta_mm, _corner_displacements(_matrices(theta_mm), extent_mm)
 
 
 def test_the_affine_and_its_inverse_compose_to_the_identity():

@@ -55,10 +55,10 @@ def fit_affine(fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float, con
             match.through(both, chosen).backward()
             optimiser.step()
     with torch.no_grad():
-        forward, _ = _matrices(theta_mm)
-        if not bool(torch.isfinite(theta_mm).all()) or float(torch.linalg.det(forward)) <= 0:
+        matrices = _matrices(theta_mm)
+        if not bool(torch.isfinite(theta_mm).all()) or float(torch.linalg.det(matrices[0])) <= 0:
             raise UserError("the affine start of the registration diverged (a non-finite or folding transform)")
-        return fields.resize(_corner_displacements(theta_mm, extent_mm), fixed.shape[2:])
+        return fields.resize(_corner_displacements(matrices, extent_mm), fixed.shape[2:])
 
 
 def _matrices(theta_mm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,11 +72,11 @@ def _matrices(theta_mm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return forward, torch.linalg.inv(forward)
 
 
-def _corner_displacements(theta_mm: torch.Tensor, extent_mm: torch.Tensor) -> torch.Tensor:
-    """A(x) - x and A^-1(x) - x (2, 3, 2, 2, 2) at the box's eight corners: trilinear interpolation of an
-    affine map between them is exact, so this lattice is the whole field."""
+def _corner_displacements(matrices: tuple[torch.Tensor, torch.Tensor], extent_mm: torch.Tensor) -> torch.Tensor:
+    """A(x) - x and A^-1(x) - x (2, 3, 2, 2, 2) at the box's eight corners, for `matrices` (A, A^-1):
+    trilinear interpolation of an affine map between them is exact, so this lattice is the whole field."""
     half = extent_mm / 2
     corners = torch.stack(torch.meshgrid(*[torch.stack([-h, h]) for h in half.flip(0)], indexing="ij"), -1)  # z y x
-    corners = torch.cat([corners.flip(-1), torch.ones(2, 2, 2, 1, device=theta_mm.device)], -1)  # (2, 2, 2, 4) x y z 1
-    out = [((corners @ transform.T) - corners)[..., :3].permute(3, 0, 1, 2) for transform in _matrices(theta_mm)]
+    corners = torch.cat([corners.flip(-1), torch.ones(2, 2, 2, 1, device=extent_mm.device)], -1)  # (2, 2, 2, 4) x y z 1
+    out = [((corners @ transform.T) - corners)[..., :3].permute(3, 0, 1, 2) for transform in matrices]
     return torch.stack(out)  # (2, 3, 2, 2, 2): x, y, z on d, h, w

@@ -63,11 +63,13 @@ class Match:
     def __call__(self, both: torch.Tensor, chosen=slice(None)) -> torch.Tensor:
         """Mismatch through exp(r) and exp(-r) `both` (2, 3, d, h, w) in mm, at the `chosen` points."""
         grid = self.points[chosen].expand(2, -1, -1)  # (2, n, 3)
-        return self.through(sample(both, grid).transpose(1, 2), chosen)
+        return self._mismatch(grid, sample(both, grid).transpose(1, 2), self.targets[:, chosen])
 
     def through(self, displacement_mm: torch.Tensor, chosen=slice(None)) -> torch.Tensor:
         """Mismatch through the forward and inverse displacements (2, n, 3) in mm at the `chosen` points."""
-        grid, targets = self.points[chosen].expand(2, -1, -1), self.targets[:, chosen]
+        return self._mismatch(self.points[chosen].expand(2, -1, -1), displacement_mm, self.targets[:, chosen])
+
+    def _mismatch(self, grid: torch.Tensor, displacement_mm: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         warped = sample(self.images, grid + displacement_mm * self.mm_to_normalised)[:, 0]  # (2, n)
         return occupancy_mse(warped[:1], targets[:1]) + occupancy_mse(warped[1:], targets[1:])
 
