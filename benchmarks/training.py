@@ -2,7 +2,7 @@
 loop, same model, same initial weights, same batch, same data, same machine, one after the other.
 
     .venv/bin/python benchmarks/training.py                         # CPU sizes, all three models
-    .venv/bin/python benchmarks/training.py --device cuda --size paper --json benchmarks/results/training_gpu.json
+    .venv/bin/python benchmarks/training.py --device cuda --size paper --json benchmarks/results/training_cuda.json
 
 The paper's loop, as its code trains: fp32, Adam, the batch assembled on the host and copied to
 the device every step, the loss read back every step, and for the denoiser the stock
