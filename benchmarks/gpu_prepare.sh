@@ -2,8 +2,9 @@
 # Packs, on this machine, what the GPU machine lacks for benchmarks/gpu.sh, so that its minutes go to measuring.
 # That machine has python3 with PyTorch, numpy, scipy, scikit-image, safetensors and matplotlib, but not SimpleITK or
 # isal; it reaches no package index and does not get ../shared; at most 64 MiB travel with the working tree.
-# So this writes .gpu/ (ignored by git): the two packages unpacked and xz-compressed (a wheel is a zip: 53 MB
-# against 29 MB as .tar.xz) and a copy of ../shared/data (10 MB), and checks that the whole fits.
+# So this writes .gpu/ (git-ignored: it travels only where `carry` names it): the two packages unpacked and
+# xz-compressed (a wheel is a zip: 53 MB against 29 MB as .tar.xz) and a copy of ../shared/data (10 MB), and
+# checks that the whole fits.
 #   bash benchmarks/gpu_prepare.sh    # once, here (about 2 minutes: the xz compression)
 # then, through the device tool: command `bash benchmarks/gpu.sh`, carry [".gpu"]; its results land in $OUT.
 set -euo pipefail
@@ -14,9 +15,6 @@ BUNDLE=.gpu
 LIMIT_BYTES=$((64 * 1024 * 1024))
 DEVICE_PYTHON=3.12  # the device machine's python3 (its KINDS.md)
 
-exclude=$(git rev-parse --git-path info/exclude)
-mkdir -p "$(dirname "$exclude")"
-grep -qxF "/$BUNDLE/" "$exclude" 2>/dev/null || echo "/$BUNDLE/" >>"$exclude"
 [ -d "$DATA/lung250m4b_vessels/val" ] || { echo "gpu_prepare: no data at $DATA (set UNLEASH_DATA)" >&2; exit 2; }
 
 work=$(mktemp -d)
