@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,9 +23,9 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.tail import DATA, distance_mm  # noqa: E402
 from unleash.geometry import read_volume  # noqa: E402
 
-DATA = Path(os.environ.get("UNLEASH_DATA", REPO.parent / "shared" / "data")) / "lung250m4b_vessels"
 ON_VESSEL_MM = 2.0
 AXIS_BLUR_MM = 1.5
 CALIBRE_BINS_MM = (0.0, 1.5, 2.5, 3.5, 5.0, np.inf)
@@ -58,10 +57,8 @@ def on_vessel_landmarks(case: str, row: dict) -> np.ndarray:
     true_lps = fixed_lps + initial
     on = np.asarray(row["to_vessel_mm"]) <= ON_VESSEL_MM
     moving_mask, fixed_mask = moving.array > 0, fixed.array > 0
-    moving_spacing = np.asarray(moving.grid.spacing_mm)[::-1]
-    to_vessel = ndimage.distance_transform_edt(~moving_mask, sampling=moving_spacing)
-    wall = ndimage.distance_transform_edt(fixed_mask, sampling=np.asarray(fixed.grid.spacing_mm)[::-1])
-    radius = ndimage.maximum_filter(wall, size=5)
+    to_vessel = distance_mm(moving, ~moving_mask)
+    radius = ndimage.maximum_filter(distance_mm(fixed, fixed_mask), size=5)  # to the wall, the largest within 2 voxels
     out = []
     for n in np.flatnonzero(on):
         axis = vessel_axis_lps(moving, moving_mask, true_lps[n])

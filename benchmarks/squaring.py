@@ -23,7 +23,6 @@ sys.path.insert(0, str(REPO))
 from unleash import fields, workgrid  # noqa: E402
 from unleash.checkpoints import load_model  # noqa: E402
 from unleash.geometry import read_volume  # noqa: E402
-from unleash.losses import gaussian_blur  # noqa: E402
 from unleash.optimise import Occupancy, RefineConfig, _LevelLoss, refine  # noqa: E402
 from unleash.register import prepare_pair  # noqa: E402
 
@@ -59,9 +58,8 @@ def main() -> None:
         print(f"  {'second' if second else 'first'}-order start, 2-6 squarings: " + " ".join(f"{e:.4f}" for e in errors))
     for level in range(1, len(default.lattice_mm)):
         source = grids[1] if default.image_mm[level] < spacing else grids[0]
-        a, image_mm = workgrid.resample_box(source.fixed, source.spacing_mm, max(default.image_mm[level], source.spacing_mm))
-        b, _ = workgrid.resample_box(source.moving_warped, source.spacing_mm, max(default.image_mm[level], source.spacing_mm))
-        a, b = gaussian_blur(a, default.blur_mm[level] / image_mm), gaussian_blur(b, default.blur_mm[level] / image_mm)
+        a, b, image_mm = workgrid.blurred_level(source.fixed, source.moving_warped, source.spacing_mm,
+                                                 default.image_mm[level], default.blur_mm[level])
         shape = workgrid.lattice_shape(pair.fixed_occupancy.shape[2:], spacing, default.lattice_mm[level])
         start = fields.resize(velocity, shape).clone().requires_grad_(True)
         seconds = {name: [] for name in VARIANTS}

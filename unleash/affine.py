@@ -15,8 +15,8 @@ import torch
 from . import fields
 from .adam import Adam
 from .errors import UserError
-from .losses import Match, gaussian_blur
-from .workgrid import resample_box
+from .losses import Match
+from .workgrid import blurred_level
 
 # The linear part is fitted in mm at this distance from the box centre, so that one Adam step moves
 # every parameter by about the same number of mm (a shear of 0.01 is 1 mm at 100 mm).
@@ -42,10 +42,7 @@ def fit_affine(fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float, con
     extent_mm = (torch.tensor(fixed.shape[2:][::-1], device=fixed.device) - 1) * spacing_mm  # x, y, z
     optimiser = Adam(theta_mm, config.learning_rate_mm)
     for image_mm, blur_mm, iterations in zip(config.image_mm, config.blur_mm, config.iterations):
-        a, image_spacing = resample_box(fixed, spacing_mm, max(image_mm, spacing_mm))
-        b, _ = resample_box(moving, spacing_mm, max(image_mm, spacing_mm))
-        match = Match.of_vessels(gaussian_blur(a, blur_mm / image_spacing), gaussian_blur(b, blur_mm / image_spacing),
-                                 image_spacing)
+        match = Match.of_vessels(*blurred_level(fixed, moving, spacing_mm, image_mm, blur_mm))
         chosen = slice(None, None, max(1, -(-len(match.points) // config.max_points)))
         points_mm = match.points[chosen] * extent_mm / 2  # from the box centre
         homogeneous = torch.cat([points_mm, torch.ones(len(points_mm), 1, device=fixed.device)], 1)  # (n, 4)

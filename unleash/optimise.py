@@ -17,8 +17,8 @@ from . import fields
 from .adam import Adam
 from .affine import AffineConfig
 from .discrete import DiscreteConfig
-from .losses import Match, gaussian_blur
-from .workgrid import lattice_shape, resample_box
+from .losses import Match
+from .workgrid import blurred_level, lattice_shape
 
 LEVEL_FIELDS = ("lattice_mm", "image_mm", "blur_mm", "iterations", "diffusion", "bending_mm2")  # one entry per level
 
@@ -99,10 +99,7 @@ def refine(images: list[Occupancy], config: RefineConfig, on_iteration=None,
     done, total, work_done = 0, config.total_iterations, 0.0
     for level, (source, lattice_mm, image_mm, blur_mm, iterations, cost) in enumerate(zip(
             sources, config.lattice_mm, config.image_mm, config.blur_mm, config.iterations, costs)):
-        a, image_spacing = resample_box(source.fixed, source.spacing_mm, max(image_mm, source.spacing_mm))
-        b, _ = resample_box(source.moving_warped, source.spacing_mm, max(image_mm, source.spacing_mm))
-        a = gaussian_blur(a, blur_mm / image_spacing)
-        b = gaussian_blur(b, blur_mm / image_spacing)
+        a, b, image_spacing = blurred_level(source.fixed, source.moving_warped, source.spacing_mm, image_mm, blur_mm)
         shape = lattice_shape(box.fixed.shape[2:], box.spacing_mm, lattice_mm)
         start = torch.zeros(1, 3, *shape, device=a.device) if velocity is None else fields.resize(velocity, shape)
         velocity = start.clone().requires_grad_(True)

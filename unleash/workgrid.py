@@ -135,3 +135,12 @@ def resample_box(image: torch.Tensor, spacing_mm: float, new_spacing_mm: float) 
     smooth = gaussian_blur(image, 0.5 * factor) if factor > 1 else image
     out = F.interpolate(smooth, size=shape, mode="trilinear", align_corners=True)
     return out, (image.shape[-1] - 1) * spacing_mm / (shape[-1] - 1)
+
+
+def blurred_level(fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float, image_mm: float,
+                  blur_mm: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Fixed and moving (N, C, D, H, W) as one level of a coarse-to-fine fit sees them: on the box at `image_mm`
+    (never finer than they are), blurred by `blur_mm`; and the level's spacing."""
+    a, image_spacing = resample_box(fixed, spacing_mm, max(image_mm, spacing_mm))
+    b, _ = resample_box(moving, spacing_mm, max(image_mm, spacing_mm))
+    return gaussian_blur(a, blur_mm / image_spacing), gaussian_blur(b, blur_mm / image_spacing), image_spacing
